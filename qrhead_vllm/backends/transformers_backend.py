@@ -1,0 +1,134 @@
+"""Reference port of QRHead on HuggingFace transformers (the oracle for the vLLM hook).
+
+Same maths as the reference code (spec §2.2), none of its memory: we register an attention
+implementation with transformers' ``AttentionInterface`` that wraps SDPA and, in the layers that
+hold selected heads, computes the selected heads' softmax rows for the query-span positions
+only (queries post-RoPE, keys from the KV cache, as the attention call receives them). Never
+``output_attentions``, never an L×H×T×T tensor.
+
+The null-query pass reuses the document prefix: the real prompt is prefilled, the cache is
+cropped to the query-span start and only the null suffix is fed (spec §2.2 step 2).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from qrhead_vllm.backends import MassRequest, MassResult
+from qrhead_vllm.core import heads_by_layer, span_attention_rows
+from qrhead_vllm.heads import ModelFacts
+
+ATTN_IMPL = "qrhead_sdpa"
+_capture: contextvars.ContextVar["_Capture | None"] = contextvars.ContextVar("qrhead_capture",
+                                                                              default=None)
+
+
+class _StopForward(Exception):
+    """Raised after the last layer that holds a selected head: later layers are not needed."""
+
+
+@dataclass
+class _Capture:
+    """Per-forward capture state: which heads of which layer, and where the span starts."""
+
+    layer_heads: dict[int, list[int]]
+    span_start: int
+    num_tokens: int
+    last_layer: int | None
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [h, T] row sums
+
+
+def _qrhead_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA plus, when a capture is active, the selected heads' query-span rows."""
+    cap = _capture.get()
+    layer = getattr(module, "layer_idx", None)
+    if cap is not None and layer in cap.layer_heads:
+        _capture_rows(cap, module, layer, query, key, kwargs)
+        if layer == cap.last_layer:
+            raise _StopForward
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _capture_rows(cap: _Capture, module, layer: int, query, key, kwargs) -> None:
+    q_len, kv_len = query.shape[2], key.shape[2]
+    first_pos = cap.num_tokens - q_len                     # positions of this forward's tokens
+    start = max(cap.span_start - first_pos, 0)
+    heads = torch.tensor(cap.layer_heads[layer])
+    group = query.shape[1] // key.shape[1]
+    rows = span_attention_rows(
+        query[0, heads, start:].transpose(0, 1), key[0],
+        positions=torch.arange(first_pos + start, cap.num_tokens),
+        kv_head_of=heads // group, scale=kwargs.get("scaling") or module.scaling,
+        sliding_window=kwargs.get("sliding_window"), key_offset=cap.num_tokens - kv_len)
+    full = torch.zeros(len(heads), cap.num_tokens)
+    full[:, cap.num_tokens - kv_len:] = rows
+    cap.rows[layer] = full
+
+
+AttentionInterface.register(ATTN_IMPL, _qrhead_attention)
+
+
+class TransformersBackend:
+    """QRHead scoring on a transformers causal LM (CPU or GPU), one prompt at a time."""
+
+    def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
+                 device: str = "cpu", early_exit: bool = True):
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype), attn_implementation=ATTN_IMPL).to(device)
+        self.model.eval()
+        self.device = device
+        self.early_exit = early_exit
+        self.hf_config = self.model.config
+        self.facts = ModelFacts.from_hf_config(self.hf_config, model_id or model_path)
+        cfg = getattr(self.model.config, "text_config", None) or self.model.config
+        self.max_model_len = cfg.max_position_embeddings
+        self.engine_version = __import__("transformers").__version__
+
+    def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
+        return [self._one(r) for r in requests]
+
+    def close(self) -> None:
+        self.model = None
+
+    @torch.inference_mode()
+    def _one(self, req: MassRequest) -> MassResult:
+        order = {h: i for i, h in enumerate(req.heads)}
+        cache = DynamicCache()  # full (non-sliding) layers, so crop() works for every layer
+        real = self._forward(req.real.token_ids, 0, req.real, cache, req.heads)
+        null = None
+        if req.null is not None:
+            cache.crop(req.real.query_start)
+            null = self._forward(req.null.token_ids[req.real.query_start:], req.real.query_start,
+                                 req.null, cache, req.heads)
+        return MassResult(_ordered(real, order, req.real), _ordered(null, order, req.null)
+                          if null is not None else None)
+
+    def _forward(self, ids, start: int, prompt, cache, heads) -> dict:
+        layer_heads = heads_by_layer(heads)
+        cap = _Capture(layer_heads, prompt.query_start, prompt.num_tokens,
+                       max(layer_heads) if self.early_exit else None)
+        token = _capture.set(cap)
+        try:
+            x = torch.tensor([list(ids)], device=self.device)
+            self.model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        except _StopForward:
+            pass
+        finally:
+            _capture.reset(token)
+        return cap.rows
+
+
+def _ordered(rows: dict, order: dict, prompt) -> torch.Tensor:
+    """Layer-keyed row sums → ``[len(heads), T]`` in the caller's head order, divided by n_q."""
+    out = torch.empty(len(order), prompt.num_tokens)
+    for layer, heads in heads_by_layer(order).items():
+        for j, head in enumerate(heads):
+            out[order[(layer, head)]] = rows[layer][j]
+    return out / prompt.query_len

