@@ -1,0 +1,1 @@
+"""Subcommands of the ``qrhead`` CLI (one module each)."""
