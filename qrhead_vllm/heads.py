@@ -134,7 +134,7 @@ class HeadConfig(_Frozen):
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:  # not UTF-8 text: same error
             raise HeadConfigError(f"cannot read head config {path}: {e}") from e
         try:
             return cls.model_validate(data)
