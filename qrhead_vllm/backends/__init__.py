@@ -30,6 +30,7 @@ class MassResult:
 
     real: torch.Tensor
     null: torch.Tensor | None
+    null_cached_tokens: int | None = None   # prefix-cache hits of the null pass, if known
 
 
 class ScoringBackend(Protocol):

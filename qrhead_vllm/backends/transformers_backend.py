@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from qrhead_vllm.backends import MassRequest, MassResult
 from qrhead_vllm.core import heads_by_layer, span_attention_rows
@@ -72,6 +74,13 @@ def _capture_rows(cap: _Capture, module, layer: int, query, key, kwargs) -> None
 
 
 AttentionInterface.register(ATTN_IMPL, _qrhead_attention)
+# The mask must be built exactly as for SDPA: without this, transformers builds none for an
+# unknown implementation and SDPA's top-left `is_causal` breaks every cached (suffix) forward.
+AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)
+# The mask must be registered too: for an attention name without a mask function transformers
+# builds no mask at all, so SDPA falls back to is_causal, which aligns top-left when the queries
+# are fewer than the keys (the null suffix after the cached prefix) and ignores sliding windows.
+AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)
 
 
 class TransformersBackend:
@@ -104,7 +113,8 @@ class TransformersBackend:
         real = self._forward(req.real.token_ids, 0, req.real, cache, req.heads)
         null = None
         if req.null is not None:
-            cache.crop(req.real.query_start)
+            cache.crop(-req.real.query_len)   # drop the real query span, keep the documents
+            assert cache.get_seq_length() == req.real.query_start
             null = self._forward(req.null.token_ids[req.real.query_start:], req.real.query_start,
                                  req.null, cache, req.heads)
         return MassResult(_ordered(real, order, req.real), _ordered(null, order, req.null)

@@ -1,0 +1,7 @@
+"""vLLM integration: the capture store, KV-cache layouts, the worker extension, backends.
+
+Everything that imports vllm lives here or in ``qrhead_vllm.patches``. Engine-version-specific
+wrapping is in ``qrhead_vllm.patches.vllm_0_NN``; this folder holds what is version-stable.
+"""
+
+WORKER_EXTENSION = "qrhead_vllm.integration.vllm.worker_ext.QRHeadWorkerExtension"

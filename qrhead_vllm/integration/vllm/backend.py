@@ -1,0 +1,133 @@
+"""QRHead scoring on vLLM: the offline ``LLM`` backend and the async engine-client backend.
+
+A scoring request is an ordinary prefill (``max_tokens=1``) whose SamplingParams carry a
+:class:`RequestSpec`; the worker hook captures the selected heads and keeps the result under
+the spec's key until we pop it with ``collective_rpc``. The real prompts are submitted first,
+their null twins ("N/A") after the real prefill finished, so the null pass hits the documents'
+prefix in the prefix cache and computes only the suffix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any, Sequence
+
+import torch
+
+from qrhead_vllm.backends import MassRequest, MassResult
+from qrhead_vllm.core import ScoringPrompt
+from qrhead_vllm.errors import EngineCompatibilityError
+from qrhead_vllm.heads import ModelFacts
+from qrhead_vllm.integration.vllm import WORKER_EXTENSION
+from qrhead_vllm.integration.vllm.request_spec import RequestSpec
+
+ENGINE_DEFAULTS = {"enforce_eager": True, "enable_prefix_caching": True}
+
+
+def prepare_engine_env() -> None:
+    """Environment every engine we start needs: QRHead on, both CPU cores used (the vLLM
+    CPU default reserves one of two cores for the front end, halving prefill speed)."""
+    os.environ["QRHEAD_ENABLED"] = "1"
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max((os.cpu_count() or 1) - 1, 0)}")
+    from qrhead_vllm.plugin import register
+    register()  # this process may have loaded vLLM's plugins before QRHEAD_ENABLED was set
+
+
+def engine_kwargs(model_path: str, dtype: str, **overrides: Any) -> dict[str, Any]:
+    """Engine arguments with our defaults; anything the caller passes wins."""
+    defaults = dict(ENGINE_DEFAULTS)
+    if not torch.cuda.is_available():
+        # On CPU this fraction reserves *host* memory for weights + KV cache; vLLM's 0.92
+        # default refuses to start on a shared 24 GiB box. QRHEAD_CPU_MEMORY_FRACTION overrides.
+        defaults["gpu_memory_utilization"] = float(os.environ.get("QRHEAD_CPU_MEMORY_FRACTION",
+                                                                  "0.25"))
+    return {"model": model_path, "dtype": dtype, "worker_extension_cls": WORKER_EXTENSION,
+            **defaults, **overrides}
+
+
+def scoring_request(prompt: ScoringPrompt, heads) -> tuple[dict, Any, str]:
+    """(prompt, SamplingParams, key) of one capture-carrying prefill."""
+    from vllm import SamplingParams
+    key = uuid.uuid4().hex
+    spec = RequestSpec(key, prompt.query_start, tuple(heads))
+    params = SamplingParams(max_tokens=1, temperature=0.0, extra_args=spec.to_extra_args())
+    return {"prompt_token_ids": list(prompt.token_ids)}, params, key
+
+
+def merge_worker_results(replies: Sequence[dict], key: str, num_heads: int) -> torch.Tensor:
+    """Each TP rank returns rows for its own heads; put them back in the caller's order.
+
+    Raises:
+        EngineCompatibilityError: a rank reported a capture error (e.g. the KV self-check).
+    """
+    out, seen = None, 0
+    for reply in replies:
+        res = reply.get(key)
+        if res is None:
+            continue
+        if res["error"]:
+            raise EngineCompatibilityError(f"QRHead capture failed: {res['error']}")
+        if out is None:
+            out = torch.zeros(num_heads, res["rows"].shape[1])
+        out[res["index"]] = res["rows"]
+        seen += len(res["index"])
+    if out is None or seen != num_heads:
+        raise EngineCompatibilityError(
+            f"QRHead capture for request {key} is missing ({seen}/{num_heads} heads returned); "
+            "is the engine running with QRHEAD_ENABLED=1 and the qrhead worker extension?")
+    return out
+
+
+class _ModelInfo:
+    """Tokenizer and config facts shared by both vLLM backends."""
+
+    def _init_model_info(self, model_path: str, model_id: str, model_config) -> None:
+        from transformers import AutoTokenizer
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # fast: char offsets
+        self.hf_config = model_config.hf_config
+        self.facts = ModelFacts.from_hf_config(self.hf_config, model_id)
+        self.max_model_len = model_config.max_model_len
+        import vllm
+        self.engine_version = vllm.__version__
+
+
+class VLLMBackend(_ModelInfo):
+    """Offline backend on ``vllm.LLM``; a batch of queries is prefilled together."""
+
+    def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
+                 **overrides: Any):
+        prepare_engine_env()
+        from vllm import LLM
+        self.llm = LLM(**engine_kwargs(model_path, dtype, **overrides))
+        self._init_model_info(model_path, model_id or model_path,
+                              self.llm.llm_engine.model_config)
+
+    def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
+        real = self._prefill([(r.real, r.heads) for r in requests])
+        nulls = [(i, r) for i, r in enumerate(requests) if r.null is not None]
+        null = dict(zip([i for i, _ in nulls], self._prefill([(r.null, r.heads) for _, r in nulls])))
+        keys = [k for k, _ in real] + [k for k, _ in null.values()]
+        replies = self.llm.collective_rpc("qrhead_pop", args=(keys,))
+        out = []
+        for i, r in enumerate(requests):
+            n = len(r.heads)
+            null_mass = merge_worker_results(replies, null[i][0], n) if i in null else None
+            out.append(MassResult(merge_worker_results(replies, real[i][0], n), null_mass,
+                                  null[i][1] if i in null else None))
+        return out
+
+    def _prefill(self, items) -> list[tuple[str, int]]:
+        """Prefill prompts together; returns (key, prefix-cache hit tokens) per prompt."""
+        if not items:
+            return []
+        reqs = [scoring_request(p, heads) for p, heads in items]
+        outs = self.llm.generate([p for p, _, _ in reqs], [s for _, s, _ in reqs],
+                                 use_tqdm=False)
+        return [(key, o.num_cached_tokens or 0) for (_, _, key), o in zip(reqs, outs)]
+
+    def stats(self) -> list[dict]:
+        return self.llm.collective_rpc("qrhead_stats")
+
+    def close(self) -> None:
+        self.llm = None

