@@ -1,0 +1,77 @@
+"""The detection actor: one scoring backend, examples in, per-example head vectors out.
+
+Plain class; :mod:`qrhead_vllm.detect.job` wraps it with ``ray.remote`` so importing this module
+never needs Ray. Every head of every layer is requested (``heads="all"``); the backend streams
+per layer and keeps only ``[H, T]`` row sums, so nothing here grows with L×H×T×T.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+from qrhead_vllm.data import Example
+
+# The settings a worker needs; they are also part of DetectConfig.scoring_key().
+WORKER_FIELDS = ("model", "backend", "dtype", "engine_kwargs", "max_words", "calibrate",
+                 "null_query", "prompt_family", "ndcg_k", "cpus_per_actor")
+
+
+class DetectWorker:
+    """Holds one engine and scores detection examples with all heads."""
+
+    def __init__(self, settings: dict[str, Any]):
+        import torch
+
+        from qrhead_vllm.ranker import QRHeadRanker, make_backend
+
+        # Ray reserves num_cpus for us but torch would still spawn one thread per core.
+        torch.set_num_threads(max(1, int(settings["cpus_per_actor"])))
+        backend = make_backend(settings["backend"], settings["model"], settings["dtype"],
+                               **settings["engine_kwargs"])
+        self.ranker = QRHeadRanker(
+            settings["model"], heads="all", backend=backend, calibrate=settings["calibrate"],
+            prompt_family=settings["prompt_family"], max_words=settings["max_words"],
+            null_query=settings["null_query"])
+        self.ndcg_k = settings["ndcg_k"]
+        self.backend_name = settings["backend"]
+
+    def info(self) -> dict[str, Any]:
+        """Model facts and engine version, for the HeadConfig's provenance."""
+        backend = self.ranker.backend
+        version = getattr(backend, "engine_version", None)
+        if version is None:
+            version = _module_version(self.backend_name)
+        return {"facts": backend.facts.model_dump(), "engine": self.backend_name,
+                "engine_version": version, "prompt_family": self.ranker.template.family}
+
+    def score(self, items: Sequence[tuple[str, Example]]) -> list[dict[str, Any]]:
+        """Score ``(checkpoint key, example)`` pairs in one backend call → one record each."""
+        from qrhead_vllm.core import score_documents
+        from qrhead_vllm.detect.recipes import example_vectors
+
+        start = time.perf_counter()
+        prepared = [self.ranker.prepare(ex.query, list(ex.documents)) for _, ex in items]
+        masses = self.ranker.backend.attention_mass([req for _, req in prepared])
+        seconds = (time.perf_counter() - start) / max(len(items), 1)
+        records = []
+        for (key, ex), (docs, req), mass in zip(items, prepared, masses):
+            # [L*H, N], rows in (layer, head) row-major order: ranker.head_pairs for "all".
+            doc_scores = score_documents(mass.real, mass.null, req.real.doc_spans, per_head=True)
+            ids = [str(d.doc_id) for d in docs]
+            records.append({"key": key, "qid": ex.qid, "num_docs": len(ids),
+                            "num_tokens": req.real.num_tokens, "seconds": round(seconds, 3),
+                            "pid": os.getpid(),
+                            **example_vectors(doc_scores, ids, ex.gold_ids, self.ndcg_k)})
+        return records
+
+    def close(self) -> None:
+        self.ranker.close()
+
+
+def _module_version(backend: str) -> str | None:
+    try:
+        return __import__(backend).__version__
+    except Exception:  # the engine reported nothing and is not importable here: say so
+        return None
