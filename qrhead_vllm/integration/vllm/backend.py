@@ -21,6 +21,7 @@ from qrhead_vllm.errors import EngineCompatibilityError
 from qrhead_vllm.heads import ModelFacts
 from qrhead_vllm.integration.vllm import WORKER_EXTENSION
 from qrhead_vllm.integration.vllm.request_spec import RequestSpec
+from qrhead_vllm.integration.vllm.worker_ext import decode_rows
 
 ENGINE_DEFAULTS = {"enforce_eager": True, "enable_prefix_caching": True}
 
@@ -68,9 +69,10 @@ def merge_worker_results(replies: Sequence[dict], key: str, num_heads: int) -> t
             continue
         if res["error"]:
             raise EngineCompatibilityError(f"QRHead capture failed: {res['error']}")
+        rows = decode_rows(res["rows"])  # see worker_ext: tensors do not survive msgpack
         if out is None:
-            out = torch.zeros(num_heads, res["rows"].shape[1])
-        out[res["index"]] = res["rows"]
+            out = torch.zeros(num_heads, rows.shape[1])
+        out[res["index"]] = rows
         seen += len(res["index"])
     if out is None or seen != num_heads:
         raise EngineCompatibilityError(
@@ -131,3 +133,58 @@ class VLLMBackend(_ModelInfo):
 
     def close(self) -> None:
         self.llm = None
+
+
+class AsyncVLLMBackend(_ModelInfo):
+    """Backend on a running ``AsyncLLM`` (the engine client the Serve app also generates with).
+
+    Concurrent :meth:`attention_mass_async` calls become concurrent engine requests, which
+    vLLM's scheduler batches; nothing here serialises them.
+    """
+
+    def __init__(self, engine, model_path: str, model_id: str | None = None):
+        self.engine = engine
+        self._init_model_info(model_path, model_id or model_path, engine.model_config)
+
+    @classmethod
+    def start(cls, model_path: str, model_id: str | None = None, dtype: str = "float32",
+              **overrides: Any) -> "AsyncVLLMBackend":
+        """Start an AsyncLLM with the QRHead hook (call inside the event loop that will use it)."""
+        prepare_engine_env()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+        args = AsyncEngineArgs(**engine_kwargs(model_path, dtype, **overrides))
+        return cls(AsyncLLM.from_engine_args(args), model_path, model_id)
+
+    async def attention_mass_async(self, req: MassRequest) -> MassResult:
+        keys: list[str] = []
+        try:
+            real_key, _ = await self._prefill(req.real, req.heads, keys)
+            null_key, null_hits = (await self._prefill(req.null, req.heads, keys)
+                                   if req.null is not None else (None, None))
+            replies = await self.engine.collective_rpc("qrhead_pop", args=(keys,))
+        except BaseException:
+            if keys:  # cancelled or failed: drop whatever the workers finished for us
+                await self.engine.collective_rpc("qrhead_pop", args=(keys,))
+            raise
+        n = len(req.heads)
+        null = merge_worker_results(replies, null_key, n) if null_key else None
+        return MassResult(merge_worker_results(replies, real_key, n), null, null_hits)
+
+    async def _prefill(self, prompt: ScoringPrompt, heads, keys: list[str]) -> tuple[str, int]:
+        """Run one capture-carrying prefill to completion (an abort propagates to vLLM)."""
+        engine_prompt, params, key = scoring_request(prompt, heads)
+        keys.append(key)
+        final = None
+        async for out in self.engine.generate(engine_prompt, params, request_id=key):
+            final = out
+        return key, (final.num_cached_tokens or 0) if final is not None else 0
+
+    def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
+        raise RuntimeError("AsyncVLLMBackend is async: use attention_mass_async / rank_async")
+
+    async def stats(self) -> list[dict]:
+        return await self.engine.collective_rpc("qrhead_stats")
+
+    def close(self) -> None:
+        self.engine.shutdown()
