@@ -1,0 +1,184 @@
+"""QRHeadServeConfig: every knob of the Serve app, typed and described once.
+
+One object drives the three entry points (``serve run`` / ``serve deploy`` with a Serve config
+file whose ``applications[0].args`` holds these fields, ``qrhead serve``, and
+:func:`serve.builder.build_qrhead_app` from Python). ``configs/serve/*.yaml`` are Ray Serve
+config files, so :meth:`QRHeadServeConfig.from_yaml` reads their ``args`` block; a bare mapping
+of these fields is accepted too.
+
+Roles: ``retriever`` is always an engine with the QRHead hook. ``generator: null`` means the
+retriever's engine also answers the OpenAI API (the CPU default: one small engine for both);
+otherwise the generator is a separate deployment with its own resources (e.g. 70B on 8 GPUs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DeploymentOptions(_Config):
+    """How Ray Serve places and scales one deployment (passed to ``Deployment.options``)."""
+
+    num_replicas: int = Field(1, gt=0, description="Replicas of this deployment.")
+    max_ongoing_requests: int = Field(
+        256, gt=0, description="Concurrent requests per replica; vLLM batches them, so keep it "
+                               "high (Serve's default of 5 would queue rerank bursts).")
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 1},
+        description="Ray actor options of each replica (num_cpus, num_gpus, runtime_env, ...). "
+                    "Never ask for more CPUs than the cluster has: vLLM's own CPU threads are "
+                    "pinned by VLLM_CPU_OMP_THREADS_BIND, not by this reservation.")
+    placement_group_bundles: list[dict[str, float]] | None = Field(
+        None, description="Bundles of the replica's placement group, e.g. one CPU bundle plus "
+                          "8 GPU bundles for tensor_parallel_size=8 with the Ray executor.")
+    placement_group_strategy: str | None = Field(
+        None, description="PACK, STRICT_PACK (one node, what TP wants), SPREAD, ...")
+    graceful_shutdown_timeout_s: float = Field(
+        30, gt=0, description="Time a replica gets to shut its engine down cleanly.")
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options`` (unset placement fields left out)."""
+        return self.model_dump(exclude_none=True)
+
+
+class EngineConfig(_Config):
+    """One vLLM engine: what model, with which engine arguments, on which resources."""
+
+    model: str = Field("smollm2-135m", description="Bundled model name (smollm2-135m, "
+                                                   "gemma3-270m), local HF directory or hub id.")
+    served_model_name: list[str] | None = Field(
+        None, description="Names clients may put in 'model'; default: the model id and, for a "
+                          "bundled model, its short name too.")
+    dtype: str = Field("float32", description="Engine dtype: float32 (rerank scores identical to "
+                                              "the offline path), bfloat16 or float16.")
+    max_model_len: int | None = Field(
+        4096, gt=0, description="Context window; the retriever scores longer inputs in windows.")
+    tensor_parallel_size: int = Field(1, gt=0, description="Tensor-parallel GPUs (vLLM arg).")
+    pipeline_parallel_size: int = Field(1, gt=0, description="Pipeline stages (vLLM arg).")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vLLM memory fraction; on CPU a fraction of host memory "
+                                      "(default QRHEAD_CPU_MEMORY_FRACTION or 0.25).")
+    enforce_eager: bool | None = Field(
+        None, description="Disable torch.compile / CUDA graphs (the retriever defaults to True: "
+                          "compile is slow and was wrong in bf16 on CPU).")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Any other vLLM AsyncEngineArgs field, passed as is "
+                                          "(e.g. distributed_executor_backend, max_num_seqs).")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables set in the replica before the "
+                                          "engine starts (e.g. VLLM_CPU_KVCACHE_SPACE).")
+    deployment: DeploymentOptions = Field(
+        default_factory=DeploymentOptions, description="Ray Serve placement and scaling.")
+
+    def vllm_overrides(self) -> dict[str, Any]:
+        """Engine arguments this config sets explicitly (None means: vLLM's/our default)."""
+        named = {"dtype": self.dtype, "max_model_len": self.max_model_len,
+                 "tensor_parallel_size": self.tensor_parallel_size,
+                 "pipeline_parallel_size": self.pipeline_parallel_size,
+                 "gpu_memory_utilization": self.gpu_memory_utilization,
+                 "enforce_eager": self.enforce_eager}
+        return {**{k: v for k, v in named.items() if v is not None}, **self.engine_args}
+
+
+class RetrieverConfig(EngineConfig):
+    """The engine with the QRHead hook, and how it scores."""
+
+    heads: str | list[tuple[int, int]] = Field(
+        "default", description="Head set: 'default' (the model's shipped config), a shipped "
+                               "config name, a YAML/JSON path, 'all' (every head, ICR) or an "
+                               "explicit [[layer, head], ...] list.")
+    calibrate: bool = Field(True, description="Subtract the null-query attention by default "
+                                              "(requests can turn it off).")
+    max_words: int | None = Field(None, gt=0, description="Truncate each document to N words "
+                                                          "before scoring.")
+    max_documents: int = Field(1000, gt=0, description="Most documents one rerank request may "
+                                                       "carry.")
+    window_tokens: int | None = Field(
+        None, gt=0, description="Token budget of one scoring window (default: max_model_len).")
+
+
+class RAGConfig(_Config):
+    """Retrieval-augmented answering (/v1/answer)."""
+
+    passage_words: int = Field(100, gt=0, description="A long context is split at blank lines, "
+                                                      "then into passages of at most N words.")
+    top_k: int = Field(3, gt=0, description="Passages given to the generator by default.")
+    rescore_candidates: int = Field(
+        8, gt=0, description="When the passages needed several windows, the best N by window "
+                             "score are scored again together so the cited scores come from one "
+                             "prompt (0 windows of difference); must be >= top_k to take effect.")
+    max_passages: int = Field(2000, gt=0, description="Most passages one request may produce.")
+    max_tokens: int = Field(256, gt=0, description="Default answer length in tokens.")
+    system_prompt: str = Field(
+        "Answer the question using only the numbered passages. Be brief and cite passages "
+        "like [1].", description="System message of the generator request.")
+
+
+class HTTPConfig(_Config):
+    """The HTTP front door (Ray Serve proxy) and the ingress deployment."""
+
+    host: str = Field("127.0.0.1", description="Address the Serve proxy binds (0.0.0.0: all).")
+    port: int = Field(8000, gt=0, lt=65536, description="Port of the Serve proxy.")
+    route_prefix: str = Field("/", description="Route prefix of the application.")
+    max_request_bytes: int = Field(
+        16 * 2**20, gt=0, description="Larger request bodies get 413 before any parsing.")
+    ingress: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(ray_actor_options={"num_cpus": 0}),
+        description="The ingress only parses and routes; it reserves no CPU by default.")
+
+
+class QRHeadServeConfig(_Config):
+    """The whole application: retriever, optional separate generator, RAG, HTTP."""
+
+    app_name: str = Field("qrhead", description="Ray Serve application name.")
+    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig,
+                                       description="The QRHead scoring engine.")
+    generator: EngineConfig | None = Field(
+        None, description="A separate generator engine; null: the retriever's engine also "
+                          "serves /v1/chat/completions, /v1/completions and /v1/models.")
+    rag: RAGConfig = Field(default_factory=RAGConfig, description="/v1/answer settings.")
+    http: HTTPConfig = Field(default_factory=HTTPConfig, description="HTTP settings.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "QRHeadServeConfig":
+        if self.rag.rescore_candidates < self.rag.top_k:
+            raise ValueError(f"rag.rescore_candidates ({self.rag.rescore_candidates}) must be "
+                             f">= rag.top_k ({self.rag.top_k})")
+        return self
+
+    @property
+    def shared_engine(self) -> bool:
+        return self.generator is None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "QRHeadServeConfig":
+        """A Serve config file (``applications[0].args``) or a bare mapping of these fields."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if "applications" in data:
+            data = data["applications"][0].get("args") or {}
+        return cls.model_validate(merge(data, overrides))
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``overrides`` wins (dotted keys like 'retriever.dtype' nest)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if "." in key:
+            head, rest = key.split(".", 1)
+            value, key = {rest: value}, head
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+EngineRole = Literal["generator", "retriever"]

@@ -1,0 +1,147 @@
+"""HTTP errors of the app: one JSON shape, a message that says what to fix, never a crash.
+
+Body shape (OpenAI/vLLM's, plus Cohere's top-level ``message`` so both kinds of client find
+the text where they look for it)::
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "top_n", "code": 400},
+     "message": "..."}
+
+Errors cross Ray handles as exceptions; Ray wraps them (``RayTaskError``), so :func:`to_api_error`
+unwraps the cause before mapping package errors to status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from qrhead_vllm.errors import ContextOverflowError, HeadConfigError, InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error with an HTTP status, raised anywhere in the app (picklable across handles)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 type: str | None = None):
+        super().__init__(status, message, param, type)
+        self.status, self.message, self.param = status, message, param
+        self.type = type or _default_type(status)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.status}, "message": self.message}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def _default_type(status: int) -> str:
+    return {400: "invalid_request_error", 404: "NotFoundError", 413: "request_too_large",
+            422: "invalid_request_error"}.get(status, "internal_error" if status >= 500
+                                              else "invalid_request_error")
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The original exception behind Ray's task-error wrappers."""
+    seen = 0
+    while getattr(exc, "cause", None) is not None and seen < 8:
+        exc, seen = exc.cause, seen + 1
+    return exc
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    """Map anything raised while handling a request to an APIError (5xx only for real bugs)."""
+    exc = unwrap(exc)
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ContextOverflowError):
+        return APIError(400, str(exc), "documents", "context_length_exceeded")
+    if isinstance(exc, (InvalidInputError, HeadConfigError)):
+        return APIError(400, str(exc))
+    logger.exception("internal error while serving a request", exc_info=exc)
+    return APIError(500, f"internal error ({type(exc).__name__}: {exc}); the server keeps "
+                         "serving, retry or report it", type="internal_error")
+
+
+def validation_message(err: ValidationError) -> str:
+    """Pydantic errors as 'field.path: what is wrong' lines, without pydantic's prefixes."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "body"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "is not a known option"
+        elif e["type"] == "missing":
+            msg = "is required"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_json_body(raw: bytes, example: str) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 saying how the body should look."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise APIError(400, f"request body is not valid JSON ({e}); send a JSON object such as "
+                            f"{example}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, f"request body must be a JSON object such as {example}, "
+                            f"got a JSON {type(body).__name__}")
+    return body
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Every error of the ingress's own routes leaves as the JSON shape above."""
+
+    @app.exception_handler(APIError)
+    async def _api(_: Request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        return APIError(400, "; ".join(str(e.get("msg", e)) for e in exc.errors())).response()
+
+    @app.exception_handler(Exception)
+    async def _other(_: Request, exc: Exception):
+        return to_api_error(exc).response()
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over ``limit`` bytes, by header or by counting.
+
+    Counting matters for chunked uploads, which carry no Content-Length; the APIError it raises
+    while a route reads the body goes through the app's handlers like any other.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    def error(self, size: int) -> APIError:
+        return APIError(413, f"request body is {size} bytes or more; the limit is {self.limit} "
+                             "bytes (http.max_request_bytes): send fewer or shorter documents")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self.error(int(declared)).response()(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise self.error(seen)
+            return message
+
+        await self.app(scope, counting_receive, send)
