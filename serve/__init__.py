@@ -1,0 +1,28 @@
+"""Ray Serve app: vLLM's OpenAI API, Cohere-format /v1/rerank with QRHead scores, and
+retrieval-augmented /v1/answer, on one cluster.
+
+    serve run configs/serve/cpu.yaml          # or: qrhead serve
+    serve deploy configs/serve/cluster.yaml
+
+Modules: ``args`` (typed config), ``builder`` (``build_qrhead_app``), ``ingress`` (HTTP routes),
+``engine`` (the deployment owning a vLLM engine), ``generator`` (vLLM's OpenAI app over a Ray
+handle), ``retriever`` + ``windows`` (QRHead scoring), ``rerank`` / ``answer`` (wire formats),
+``errors`` (one error shape), ``launch`` (local start/stop). See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["QRHeadServeConfig", "build_qrhead_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import serve.args` (config checks, the CLI's --help) must not import Ray and vLLM.
+    if name == "QRHeadServeConfig":
+        from serve.args import QRHeadServeConfig
+        return QRHeadServeConfig
+    if name == "build_qrhead_app":
+        from serve.builder import build_qrhead_app
+        return build_qrhead_app
+    raise AttributeError(name)

@@ -1,0 +1,57 @@
+"""``build_qrhead_app(args) -> serve.Application``: the one way the app is put together.
+
+Usable three ways::
+
+    serve run configs/serve/cpu.yaml                      # a Serve config file (import_path + args)
+    serve run serve.builder:build_qrhead_app config=configs/serve/cpu.yaml retriever.dtype=bfloat16
+    serve.run(build_qrhead_app(QRHeadServeConfig(...)))   # from Python
+
+Topology: an ingress deployment (no engine, no CPU reserved) in front of one engine deployment
+playing both roles (``generator: null``, the CPU default), or of two engine deployments, a
+retriever and a generator, each with its own resources (the cluster example).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from serve.args import QRHeadServeConfig, merge
+from serve.engine import QRHeadEngineDeployment
+from serve.ingress import QRHeadIngress
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "serve" / "cpu.yaml"
+
+
+def load_config(args: QRHeadServeConfig | dict[str, Any] | None = None) -> QRHeadServeConfig:
+    """A config object as is; a dict of fields (``config=<yaml>`` loads a file first, the
+    other keys override it, dotted keys nest); None: the CPU default file."""
+    if isinstance(args, QRHeadServeConfig):
+        return args
+    args = dict(args or {})
+    path = args.pop("config", None)
+    if path is None and not args and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        return QRHeadServeConfig.from_yaml(path, **args)
+    return QRHeadServeConfig.model_validate(merge({}, args))
+
+
+def build_qrhead_app(args: QRHeadServeConfig | dict[str, Any] | None = None
+                     ) -> serve.Application:
+    """The Serve application for a config (see module docstring)."""
+    cfg = load_config(args)
+    r = cfg.retriever
+    if cfg.shared_engine:
+        engine = QRHeadEngineDeployment.options(name="engine", **r.deployment.serve_options())
+        retriever = generator = engine.bind(r, ("generator", "retriever"))
+    else:
+        g = cfg.generator
+        retriever = QRHeadEngineDeployment.options(
+            name="retriever", **r.deployment.serve_options()).bind(r, ("retriever",))
+        generator = QRHeadEngineDeployment.options(
+            name="generator", **g.deployment.serve_options()).bind(g, ("generator",))
+    ingress = QRHeadIngress.options(**cfg.http.ingress.serve_options())
+    return ingress.bind(generator, retriever, cfg)

@@ -1,0 +1,143 @@
+"""The HTTP ingress: our routes (rerank, answer, health) and a pass-through to vLLM's OpenAI app.
+
+Routes:
+
+* ``POST /v1/rerank``, ``/rerank``, ``/v2/rerank`` → the retriever (serve/rerank.py format);
+* ``POST /v1/answer`` → retriever, then generator (serve/answer.py);
+* ``GET /health`` → 200 once the app is up;
+* anything else (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/tokenize``,
+  ...) is forwarded unchanged to the generator deployment, where vLLM's own app handles it.
+
+The ingress is cheap (parse, validate, route) and holds no engine; it is built at replica start
+(``__serve_build_asgi_app__``) so its body-size limit and handles come from the config.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+
+from serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body, parse_answer,
+                          passages_event, request_passages)
+from serve.args import QRHeadServeConfig
+from serve.errors import (APIError, BodySizeLimit, install_handlers, parse_json_body,
+                          to_api_error)
+from serve.rerank import EXAMPLE as RERANK_EXAMPLE, parse_rerank
+
+RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
+PROXY_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+SKIP_REQUEST_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+
+
+class Upstream:
+    """Calls into the engine deployments; every failure becomes an APIError."""
+
+    def __init__(self, generator, retriever):
+        self.generator, self.retriever = generator, retriever
+
+    async def call(self, method: str, *args, **kwargs) -> Any:
+        try:
+            result = await getattr(self.retriever, method).remote(*args, **kwargs)
+        except Exception as e:
+            raise to_api_error(e) from None
+        if isinstance(result, APIError):  # a client mistake, returned rather than raised
+            raise result
+        return result
+
+    async def open(self, method: str, path: str, query: str, headers: list[tuple[str, str]],
+                   body: bytes) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+        """Start an HTTP exchange with vLLM's app: (status + headers, remaining body chunks)."""
+        stream = self.generator.options(stream=True).openai.remote(method, path, query,
+                                                                   headers, body)
+        try:
+            start = await stream.__anext__()
+        except Exception as e:
+            stream.cancel()
+            raise to_api_error(e) from None
+        return start, _drain(stream)
+
+
+async def _drain(stream) -> AsyncIterator[bytes]:
+    """The body chunks; if the client goes away first, cancel the request inside vLLM."""
+    finished = False
+    try:
+        async for chunk in stream:
+            yield chunk
+        finished = True
+    finally:
+        if not finished:
+            stream.cancel()
+
+
+async def _collect(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([c async for c in chunks])
+
+
+def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig) -> FastAPI:
+    """The ingress FastAPI app (a plain function so tests can run it without Ray)."""
+    app = FastAPI(title="qrhead-vllm", docs_url=None, redoc_url=None)
+    install_handlers(app)
+    app.add_middleware(BodySizeLimit, limit=cfg.http.max_request_bytes)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def rerank(request: Request) -> JSONResponse:
+        req = parse_rerank(parse_json_body(await request.body(), RERANK_EXAMPLE))
+        return JSONResponse(await upstream.call("rerank", req))
+
+    for path in RERANK_PATHS:
+        app.add_api_route(path, rerank, methods=["POST"])
+
+    @app.post("/v1/answer")
+    async def answer(request: Request) -> Response:
+        req = parse_answer(parse_json_body(await request.body(), ANSWER_EXAMPLE))
+        passages = request_passages(req, cfg.rag)
+        opts = req.qrhead
+        retrieved = await upstream.call(
+            "retrieve", req.question, passages, req.top_k or cfg.rag.top_k,
+            cfg.rag.rescore_candidates, opts.heads if opts else None,
+            opts.calibrate if opts else None)
+        body = json.dumps(chat_body(req, cfg.rag, retrieved["passages"])).encode()
+        start, chunks = await upstream.open("POST", "/v1/chat/completions", "",
+                                            [("content-type", "application/json")], body)
+        if start["status"] != 200:  # vLLM's own error (e.g. unknown generator model)
+            return Response(await _collect(chunks), start["status"], dict(start["headers"]))
+        if not req.stream:
+            chat = json.loads(await _collect(chunks))
+            return JSONResponse(answer_response(chat, retrieved))
+
+        async def events() -> AsyncIterator[bytes]:
+            yield passages_event(retrieved)
+            async for chunk in chunks:
+                yield chunk
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.api_route("/{path:path}", methods=PROXY_METHODS)
+    async def forward(path: str, request: Request) -> Response:
+        headers = [(k, v) for k, v in request.headers.items()
+                   if k.lower() not in SKIP_REQUEST_HEADERS]
+        start, chunks = await upstream.open(request.method, "/" + path, request.url.query,
+                                            headers, await request.body())
+        return StreamingResponse(chunks, status_code=start["status"],
+                                 headers=dict(start["headers"]))
+
+    return app
+
+
+@serve.deployment(name="ingress")
+@serve.ingress()
+class QRHeadIngress:
+    """Ray Serve ingress; ``generator`` and ``retriever`` may be the same deployment."""
+
+    def __init__(self, generator, retriever, cfg: QRHeadServeConfig):
+        self.upstream, self.cfg = Upstream(generator, retriever), cfg
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_ingress_app(self.upstream, self.cfg)

@@ -1,0 +1,71 @@
+"""Start and stop the app on a local Ray cluster (``qrhead serve``, the tests, the bench).
+
+On a shared 2-core box: ``ray.init(num_cpus=2)`` and the default config reserves 1 CPU for the
+engine replica and 0 for the ingress, so the app fits; vLLM's compute threads are pinned by
+``VLLM_CPU_OMP_THREADS_BIND`` independently of Ray's logical CPU count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from serve.args import QRHeadServeConfig
+
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def app_url(cfg: QRHeadServeConfig) -> str:
+    host = "127.0.0.1" if cfg.http.host in ("0.0.0.0", "::") else cfg.http.host
+    return f"http://{host}:{cfg.http.port}{cfg.http.route_prefix.rstrip('/')}"
+
+
+def start_local(cfg: QRHeadServeConfig, num_cpus: int | None = None,
+                address: str | None = None, timeout_s: float = 900) -> str:
+    """Start (or join) Ray, deploy the app, wait until it answers; returns its base URL."""
+    import ray
+    from ray import serve
+
+    from serve.builder import build_qrhead_app
+
+    if not ray.is_initialized():
+        # Replicas import `serve` and `qrhead_vllm` by name: make the checkout importable in
+        # every worker even where the package is not installed (or installed without serve/).
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
+                 include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
+    serve.run(build_qrhead_app(cfg), name=cfg.app_name, route_prefix=cfg.http.route_prefix,
+              blocking=False)
+    url = app_url(cfg)
+    wait_healthy(url, timeout_s)
+    return url
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    """Poll ``/health`` until it answers 200 (serve.run already waited for the replicas)."""
+    import httpx
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the app at {url} did not become healthy in {timeout_s:.0f} s")
+        time.sleep(1)
+
+
+def stop_local() -> None:
+    """Delete the app (replicas shut their engines down) and stop the local Ray cluster."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -1,0 +1,163 @@
+"""Serve app pieces without Ray or an engine: config, wire formats, windows, the ingress routes
+against a fake upstream, and the ASGI bridge to vLLM's app."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+# The editable install predates serve/ (it maps only qrhead_vllm): make the checkout importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qrhead_vllm.errors import ContextOverflowError  # noqa: E402
+from serve.answer import split_context  # noqa: E402
+from serve.args import QRHeadServeConfig  # noqa: E402
+from serve.builder import load_config  # noqa: E402
+from serve.errors import APIError  # noqa: E402
+from serve.generator import call_asgi  # noqa: E402
+from serve.ingress import build_ingress_app  # noqa: E402
+from serve.rerank import parse_rerank  # noqa: E402
+from serve.windows import pack_windows  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "serve"
+
+
+@pytest.mark.parametrize("name", ["cpu.yaml", "cluster.yaml"])
+def test_shipped_configs_load(name):
+    cfg = QRHeadServeConfig.from_yaml(CONFIGS / name)
+    assert cfg.shared_engine == (name == "cpu.yaml")
+    if name == "cluster.yaml":
+        assert cfg.generator.vllm_overrides()["tensor_parallel_size"] == 8
+        assert len(cfg.generator.deployment.placement_group_bundles) == 9
+
+
+def test_config_overrides_and_errors():
+    cfg = load_config({"config": str(CONFIGS / "cpu.yaml"), "retriever.dtype": "bfloat16",
+                       "http": {"port": 9001}})
+    assert cfg.retriever.dtype == "bfloat16" and cfg.http.port == 9001
+    assert cfg.retriever.max_model_len == 4096      # untouched fields keep the file's value
+    with pytest.raises(ValidationError, match="not_a_field"):
+        QRHeadServeConfig.model_validate({"retriever": {"not_a_field": 1}})
+    with pytest.raises(ValidationError, match="rescore_candidates"):
+        QRHeadServeConfig.model_validate({"rag": {"top_k": 5, "rescore_candidates": 2}})
+
+
+def test_every_config_field_is_described():
+    def walk(model):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            sub = field.annotation
+            if isinstance(sub, type) and hasattr(sub, "model_fields"):
+                walk(sub)
+    walk(QRHeadServeConfig)
+
+
+def test_rerank_parsing_normalises_documents():
+    req = parse_rerank({"query": "q", "documents": ["a", {"text": "b", "title": "B"}],
+                        "rank_fields": ["text"], "top_n": 2})   # unknown Cohere field ignored
+    assert req.documents == [{"text": "a"}, {"text": "b", "title": "B"}]
+    with pytest.raises(APIError, match=r"documents: \[1\] must be a string"):
+        parse_rerank({"query": "q", "documents": ["a", 3]})
+    with pytest.raises(APIError, match="larger than the number of documents"):
+        parse_rerank({"query": "q", "documents": ["a"], "top_n": 2})
+    with pytest.raises(APIError, match="qrhead.bogus: is not a known option"):
+        parse_rerank({"query": "q", "documents": ["a"], "qrhead": {"bogus": 1}})
+
+
+def test_pack_windows_balances_and_refuses_giants():
+    groups = pack_windows([100] * 10, budget=450)
+    assert [len(g) for g in groups] == [4, 3, 3] or [len(g) for g in groups] == [4, 4, 2]
+    assert sum(groups, []) == list(range(10))
+    assert all(sum(100 for _ in g) <= 450 for g in groups)
+    assert pack_windows([10, 10], budget=100) == [[0, 1]]
+    with pytest.raises(ContextOverflowError, match="passage 1"):
+        pack_windows([10, 500], budget=100)
+
+
+def test_split_context_paragraphs_then_words():
+    text = "one two three\n\n  \n\n" + " ".join(f"w{i}" for i in range(25))
+    parts = split_context(text, max_words=10)
+    assert [len(p["text"].split()) for p in parts] == [3, 10, 10, 5]
+
+
+class FakeUpstream:
+    """Stands in for the engine handles: records calls, answers with canned data."""
+
+    def __init__(self):
+        self.calls = []
+
+    async def call(self, method, *args, **kwargs):
+        self.calls.append((method, args))
+        if method == "rerank":
+            return {"id": "r", "model": "m", "results": [], "usage": {}}
+        return {"passages": [{"rank": 1, "text": "P", "index": 0}], "retrieval": {}}
+
+    async def open(self, method, path, query, headers, body):
+        async def chunks():
+            yield b'{"model": "m", "choices": [{"message": {"content": "A"}}], "usage": {}}'
+        return {"status": 200, "headers": [("content-type", "application/json")]}, chunks()
+
+
+def test_ingress_routes_and_error_shape():
+    asyncio.run(_ingress_routes_and_error_shape())
+
+
+async def _ingress_routes_and_error_shape():
+    cfg = QRHeadServeConfig.model_validate({"http": {"max_request_bytes": 1000}})
+    upstream = FakeUpstream()
+    app = build_ingress_app(upstream, cfg)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    for path in ("/v1/rerank", "/rerank", "/v2/rerank"):
+        r = await client.post(path, json={"query": "q", "documents": ["d"]})
+        assert r.status_code == 200, r.text
+    bad = await client.post("/v1/rerank", content=b"{nope", headers={"content-type": "a/json"})
+    body = bad.json()
+    assert bad.status_code == 400 and "not valid JSON" in body["error"]["message"]
+    assert body["message"] == body["error"]["message"] and body["error"]["code"] == 400
+    big = await client.post("/v1/rerank", content=b"x" * 2000)
+    assert big.status_code == 413 and "max_request_bytes" in big.json()["error"]["message"]
+
+    async def chunked():
+        for _ in range(5):
+            yield b"x" * 400
+    r = await client.post("/v1/rerank", content=chunked())
+    assert r.status_code == 413
+    answer = await client.post("/v1/answer", json={"question": "q", "context": "a\n\nb"})
+    assert answer.status_code == 200 and answer.json()["answer"] == "A"
+    assert upstream.calls[-1][0] == "retrieve" and len(upstream.calls[-1][1][1]) == 2
+    proxied = await client.get("/v1/models")
+    assert proxied.status_code == 200 and proxied.json()["model"] == "m"
+
+
+def test_call_asgi_streams_and_cancels():
+    asyncio.run(_call_asgi_streams_and_cancels())
+
+
+async def _call_asgi_streams_and_cancels():
+    app, cancelled = FastAPI(), asyncio.Event()
+
+    @app.post("/s")
+    async def stream():
+        async def gen():
+            try:
+                for i in range(1000):
+                    yield f"data: {i}\n\n"
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    agen = call_asgi(app, "POST", "/s", "", [("content-type", "application/json")], b"{}")
+    start = await agen.__anext__()
+    assert start["status"] == 200
+    assert (await agen.__anext__()).startswith(b"data: 0")
+    await agen.aclose()                      # the client went away
+    await asyncio.wait_for(cancelled.wait(), 5)
