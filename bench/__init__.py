@@ -1,0 +1,1 @@
+"""Benchmarks: retrieval quality (quality.py) and, later, speed and memory."""
