@@ -103,7 +103,10 @@ class DetectConfig(BaseModel):
         """
         keys = ("model", "backend", "dtype", "engine_kwargs", "max_words", "calibrate",
                 "null_query", "prompt_family", "ndcg_k")
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
+        settings = {k: getattr(self, k) for k in keys}
+        if self.gpus_per_actor > 0:   # the device changes the floats a little
+            settings["gpu"] = True    # (only set when true: CPU keys stay what they were)
+        blob = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def resolved_run_dir(self) -> Path:

@@ -99,8 +99,11 @@ class ActorPool:
             return
         if self.replacements_left <= 0:
             raise DetectionError(f"detection actor {i} died and cannot be replaced: {error}")
+        import ray
+
         self.replacements_left -= 1
         logger.warning("detection actor %d died (%s); starting a new one", i, error)
+        ray.kill(handle, no_restart=True)   # a half-restarted old actor must free its CPUs
         self.actors[i] = self._make()
 
 
@@ -126,7 +129,8 @@ def run_batches(cfg: DetectConfig, todo: list[tuple[str, Example]], ckpt: Checkp
     # Two calls in flight per actor: the next batch is already queued on the actor while the
     # driver checkpoints the previous one.
     for i in range(len(pool.actors)):
-        submit(i), submit(i)
+        submit(i)
+        submit(i)
     bar = tqdm(total=total, initial=done, unit="ex", desc=f"detect {cfg.head_set_name}",
                disable=not cfg.progress, dynamic_ncols=True)
     try:
@@ -136,6 +140,7 @@ def run_batches(cfg: DetectConfig, todo: list[tuple[str, Example]], ckpt: Checkp
             try:
                 records = ray.get(ref)
             except RayTaskError as e:           # the example itself failed: report which
+                logger.error("remote traceback:\n%s", e)
                 raise DetectionError(f"scoring examples {[ex.qid for _, ex in batch]} failed: "
                                      f"{e.cause if e.cause is not None else e}") from e
             except RayActorError as e:          # Ray gave up restarting: replace and requeue

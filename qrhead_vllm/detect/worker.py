@@ -13,9 +13,9 @@ from typing import Any, Sequence
 
 from qrhead_vllm.data import Example
 
-# The settings a worker needs; they are also part of DetectConfig.scoring_key().
+# The settings a worker needs (those that change scores are hashed by DetectConfig.scoring_key).
 WORKER_FIELDS = ("model", "backend", "dtype", "engine_kwargs", "max_words", "calibrate",
-                 "null_query", "prompt_family", "ndcg_k", "cpus_per_actor")
+                 "null_query", "prompt_family", "ndcg_k", "cpus_per_actor", "gpus_per_actor")
 
 
 class DetectWorker:
@@ -28,8 +28,10 @@ class DetectWorker:
 
         # Ray reserves num_cpus for us but torch would still spawn one thread per core.
         torch.set_num_threads(max(1, int(settings["cpus_per_actor"])))
-        backend = make_backend(settings["backend"], settings["model"], settings["dtype"],
-                               **settings["engine_kwargs"])
+        kwargs = dict(settings["engine_kwargs"])
+        if settings["backend"] == "transformers" and settings.get("gpus_per_actor"):
+            kwargs.setdefault("device", "cuda")   # Ray gave us a GPU: use it unless told not to
+        backend = make_backend(settings["backend"], settings["model"], settings["dtype"], **kwargs)
         self.ranker = QRHeadRanker(
             settings["model"], heads="all", backend=backend, calibrate=settings["calibrate"],
             prompt_family=settings["prompt_family"], max_words=settings["max_words"],
