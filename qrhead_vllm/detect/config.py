@@ -43,7 +43,8 @@ class DetectConfig(BaseModel):
     shuffle_seed: int | None = Field(
         None, description="Shuffle each example's documents with random.Random(seed) seeded once "
                           "(the reference NQ recipe uses 42); None keeps the given order.")
-    reverse_docs: bool = Field(False, description="Reverse the candidate order (BEIR: rank-1 last).")
+    reverse_docs: bool = Field(
+        False, description="Reverse the candidate order (BEIR: rank-1 last).")
     max_docs: int | None = Field(None, gt=0, description="Keep only the first N candidates.")
     max_words: int | None = Field(
         None, gt=0, description="Truncate each document to N space-split words (reference: 400).")
@@ -66,10 +67,13 @@ class DetectConfig(BaseModel):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra backend arguments (JSON on the CLI).")
     num_actors: int = Field(1, gt=0, description="Ray actors, each holding one engine.")
-    cpus_per_actor: float = Field(1, gt=0, description="num_cpus reserved per actor (= torch threads).")
+    cpus_per_actor: float = Field(
+        1, gt=0, description="num_cpus reserved per actor (= torch threads).")
     gpus_per_actor: float = Field(0, ge=0, description="num_gpus reserved per actor.")
-    batch_size: int = Field(1, gt=0, description="Examples per actor call (checkpoint granularity).")
-    max_restarts: int = Field(2, ge=0, description="Restarts of a lost actor (and retries of its calls).")
+    batch_size: int = Field(
+        1, gt=0, description="Examples per actor call (checkpoint granularity).")
+    max_restarts: int = Field(
+        2, ge=0, description="Restarts of a lost actor (and retries of its calls).")
     ray_address: str | None = Field(
         None, description="Ray cluster address; default: RAY_ADDRESS, else a local cluster.")
 
