@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from qrhead_vllm.errors import QRHeadError
 
 logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m"
+# Version of the dequantised directory layout; older directories get their tokenizer repaired.
+# 2: the tokenizer adds <bos> when the GGUF says so (transformers' GGUF tokenizer conversion
+#    ignores tokenizer.ggml.add_bos_token; Gemma without <bos> generates degenerate text).
+CACHE_FORMAT = 2
+FORMAT_FILE = ".qrhead-format"
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ def ensure_dequantised(spec: BundledModel) -> Path:
     """Dequantise the bundled GGUF to an fp32 HF directory once; later calls reuse it."""
     target = envs.cache_dir() / "models" / spec.name
     if (target / "config.json").exists():
+        if _cache_format(target) < CACHE_FORMAT:
+            _repair_tokenizer(target, _gguf_file(spec))
         return target
     gguf = _gguf_file(spec)
     logger.info("dequantising %s into %s (once)", gguf, target)
@@ -93,12 +101,54 @@ def ensure_dequantised(spec: BundledModel) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(tmp)
+    _apply_gguf_special_flags(tok, gguf)
     tok.save_pretrained(tmp)
+    (tmp / FORMAT_FILE).write_text(str(CACHE_FORMAT))
     try:
         tmp.rename(target)                  # atomic: a half-written directory is never seen
     except OSError:                         # another process won the race
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _cache_format(target: Path) -> int:
+    try:
+        return int((target / FORMAT_FILE).read_text())
+    except (OSError, ValueError):
+        return 1
+
+
+def _apply_gguf_special_flags(tok, gguf: Path) -> bool:
+    """Make the HF tokenizer add <bos>/<eos> exactly when the GGUF's metadata says to.
+
+    Returns whether anything changed (a tokenizer that already agrees is left untouched).
+    """
+    from gguf import GGUFReader
+
+    fields = GGUFReader(gguf).fields
+    changed = False
+    for flag in ("add_bos_token", "add_eos_token"):
+        field = fields.get(f"tokenizer.ggml.{flag}")
+        want = bool(field.contents()) if field is not None else None
+        if want is not None and want != bool(getattr(tok, flag, False)):
+            setattr(tok, flag, want)  # the setter rebuilds the post-processor
+            changed = True
+    return changed
+
+
+def _repair_tokenizer(target: Path, gguf: Path) -> None:
+    """Rewrite the tokenizer files of a format-1 directory (weights are unaffected)."""
+    from transformers import AutoTokenizer
+
+    logger.info("repairing the tokenizer special-token flags of %s", target)
+    tok = AutoTokenizer.from_pretrained(target)
+    if _apply_gguf_special_flags(tok, gguf):
+        tmp = Path(tempfile.mkdtemp(dir=target.parent))
+        tok.save_pretrained(tmp)
+        for f in tmp.iterdir():
+            os.replace(f, target / f.name)  # per-file atomic: readers see old or new files
+        shutil.rmtree(tmp, ignore_errors=True)
+    (target / FORMAT_FILE).write_text(str(CACHE_FORMAT))
 
 
 def prompt_template(config, tokenizer, family: str | None = None) -> PromptTemplate:
