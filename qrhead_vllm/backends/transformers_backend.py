@@ -20,7 +20,6 @@ import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from qrhead_vllm.backends import MassRequest, MassResult
 from qrhead_vllm.core import heads_by_layer, span_attention_rows
@@ -76,10 +75,8 @@ def _capture_rows(cap: _Capture, module, layer: int, query, key, kwargs) -> None
 AttentionInterface.register(ATTN_IMPL, _qrhead_attention)
 # The mask must be built exactly as for SDPA: without this, transformers builds none for an
 # unknown implementation and SDPA's top-left `is_causal` breaks every cached (suffix) forward.
-AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)
-# The mask must be registered too: for an attention name without a mask function transformers
-# builds no mask at all, so SDPA falls back to is_causal, which aligns top-left when the queries
-# are fewer than the keys (the null suffix after the cached prefix) and ignores sliding windows.
+# (It also drops Gemma 3's sliding-window mask, so the SDPA outputs of sliding layers were
+# wrong for prompts longer than the window.)
 AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)
 
 
