@@ -1,0 +1,181 @@
+"""``qrhead rerank``: rank documents for a query with the retrieval heads and print the ranking.
+
+With no arguments it ranks a shipped example (the first example of the evaluation half of the
+shared HotpotQA set, or a small built-in one when that file is absent) on the bundled default
+model, so a fresh install can show what the package does in one command.
+
+Every failure the package raises on purpose (:class:`QRHeadError`) is printed as one line on
+stderr with exit code 2, the same code argparse uses for bad arguments: no tracebacks for user
+errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from qrhead_vllm.errors import HeadConfigError, InvalidInputError, QRHeadError
+from qrhead_vllm.models import DEFAULT_MODEL
+
+EXIT_USER_ERROR = 2
+
+# Used only when the shared HotpotQA file is not there (e.g. an installed wheel).
+BUILTIN_QUERY = "Which city is the capital of the country where the Eiffel Tower stands?"
+BUILTIN_DOCS = [
+    {"id": "tower", "title": "Eiffel Tower", "text": "The Eiffel Tower is a wrought-iron lattice "
+     "tower on the Champ de Mars in Paris, France. It is named after the engineer Gustave Eiffel."},
+    {"id": "bridge", "title": "Golden Gate Bridge", "text": "The Golden Gate Bridge is a "
+     "suspension bridge spanning the Golden Gate strait in California, United States."},
+    {"id": "paris", "title": "Paris", "text": "Paris is the capital and most populous city of "
+     "France, with an estimated population of 2.1 million residents."},
+    {"id": "pasta", "title": "Pasta", "text": "Pasta is a type of food made from unleavened "
+     "dough of wheat flour mixed with water or eggs, typical of Italian cuisine."},
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--query", help="the query (default: the shipped example's question)")
+    parser.add_argument("--docs", metavar="FILE",
+                        help="documents: JSONL or a JSON list of strings or {id, title, text} "
+                             "objects (default: the shipped example's documents)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"bundled name, local HF directory or hub id (default: {DEFAULT_MODEL})")
+    parser.add_argument("--heads", default=None,
+                        help="head config name or path, or 'all' for every head (ICR); "
+                             "default: the model's shipped head config")
+    parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
+    parser.add_argument("--top-k", type=int, default=None, help="show only the best K documents")
+    parser.add_argument("--max-words", type=int, default=None,
+                        help="truncate each document to this many words")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        query, docs = _inputs(args.query, args.docs)
+        results = _rank(args, query, docs)
+    except HeadConfigError as e:
+        hint = "" if args.heads else " (pass --heads all to use every head, or --heads <config>)"
+        return _fail(f"{e}{hint}")
+    except QRHeadError as e:
+        return _fail(str(e))
+    shown = results.top_k(args.top_k) if args.top_k is not None else list(results)
+    if args.json:
+        print(json.dumps(_as_json(args, results.query, shown), indent=1, ensure_ascii=False))
+    else:
+        print(format_table(results.query, shown, args.model, args.heads or "default"))
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"qrhead rerank: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _rank(args: argparse.Namespace, query: str, docs: list):
+    # Imported here: the ranker pulls in torch and the engine, which `--help` does not need.
+    from transformers.utils import logging as hf_logging
+
+    from qrhead_vllm.ranker import QRHeadRanker
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would bury the table on the terminal
+
+    if args.top_k is not None and args.top_k < 1:
+        raise InvalidInputError("--top-k must be at least 1")
+    ranker = QRHeadRanker(model=args.model, heads=args.heads, backend=args.backend,
+                          max_words=args.max_words)
+    try:
+        return ranker.rank(query, docs)
+    finally:
+        ranker.close()
+
+
+def _inputs(query: str | None, docs_file: str | None) -> tuple[str, list]:
+    """The query and documents to rank: from the flags, else the shipped example."""
+    if docs_file is not None:
+        if query is None:
+            raise InvalidInputError("--docs needs --query (the documents are ranked for it)")
+        return query, load_docs(docs_file)
+    example_query, example_docs = shipped_example()
+    return (example_query if query is None else query), example_docs
+
+
+def shipped_example() -> tuple[str, list]:
+    """First evaluation example of the shared HotpotQA set, or the built-in one."""
+    from qrhead_vllm.data import HOTPOTQA, load_hotpotqa, split_examples
+
+    if not HOTPOTQA.exists():
+        return BUILTIN_QUERY, list(BUILTIN_DOCS)
+    example = split_examples(load_hotpotqa())[1][0]
+    return example.query, list(example.documents)
+
+
+def load_docs(path: str) -> list[Any]:
+    """Documents from a JSON list or JSONL file (strings or objects), validated later by the ranker.
+
+    The reference's field names (``paragraph_text``, ``idx``) are accepted as ``text`` / ``id``.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise InvalidInputError(f"cannot read --docs file {path}: {e.strerror or e}") from e
+    try:
+        data = json.loads(text)
+        items = data if isinstance(data, list) else [data]
+    except json.JSONDecodeError:  # not one JSON value: read it as JSON lines
+        items = [_json_line(line, i, path) for i, line in enumerate(text.splitlines(), 1)
+                 if line.strip()]
+    if not items:
+        raise InvalidInputError(f"--docs file {path} holds no documents")
+    return [_alias_fields(d) for d in items]
+
+
+def _json_line(line: str, number: int, path: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InvalidInputError(f"{path} line {number} is not valid JSON: {e.msg}") from e
+
+
+def _alias_fields(doc: Any) -> Any:
+    if not isinstance(doc, dict):
+        return doc
+    doc = dict(doc)
+    if "text" not in doc and "paragraph_text" in doc:
+        doc["text"] = doc.pop("paragraph_text")
+    if "id" not in doc and "idx" in doc:
+        doc["id"] = doc.pop("idx")
+    return doc
+
+
+def format_table(query: str, results: list, model: str, heads: str) -> str:
+    """A fixed-width ranking table: rank, score, id, title and the first words of the text."""
+    lines = [f"query:  {query}", f"model:  {model}   heads: {heads}", ""]
+    header = f"{'rank':>4}  {'score':>9}  {'id':<10}  {'title':<24}  text"
+    lines += [header, "-" * (len(header) + 40)]
+    for r in results:
+        doc = r.document
+        lines.append(f"{r.rank:>4}  {r.score:>9.4f}  {_clip(str(r.doc_id), 10):<10}  "
+                     f"{_clip(doc.title or '', 24):<24}  {_first_words(doc.text)}")
+    return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _first_words(text: str, n: int = 10) -> str:
+    words = text.split()
+    return " ".join(words[:n]) + (" …" if len(words) > n else "")
+
+
+def _as_json(args: argparse.Namespace, query: str, results: list) -> dict:
+    return {
+        "query": query, "model": args.model, "heads": args.heads or "default",
+        "backend": args.backend,
+        "results": [{"rank": r.rank, "score": r.score, "index": r.index, "id": r.doc_id,
+                     "title": r.document.title, "text": r.document.text} for r in results],
+    }
