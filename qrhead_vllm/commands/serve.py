@@ -1,0 +1,82 @@
+"""``qrhead serve``: start the whole Serve app on a local Ray cluster and print its URL.
+
+With no arguments it runs the CPU default (``configs/serve/cpu.yaml``: one bundled SmolLM2 engine
+for retrieval and generation) on http://127.0.0.1:8000 and blocks until Ctrl-C, then shuts the
+app and Ray down. ``--config`` takes any serve config file; the flags override it. To join a
+running cluster instead, pass ``--address`` (or use ``serve run`` / ``serve deploy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+CURL = """\
+  curl -s {url}/v1/rerank -H 'content-type: application/json' -d '{{"model": "{model}",
+    "query": "What is the capital of France?", "top_n": 2,
+    "documents": ["Paris is the capital of France.", "Pasta is Italian food.",
+                  "The Eiffel Tower is in Paris."]}}'
+  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hi!"}}]}}'"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="serve config YAML (default: configs/serve/cpu.yaml)")
+    parser.add_argument("--host", help="bind address (default from the config: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default from the config: 8000)")
+    parser.add_argument("--model", help="retriever model: bundled name, HF dir or hub id")
+    parser.add_argument("--heads", help="head set: default, all, a shipped name or a path")
+    parser.add_argument("--dtype", help="engine dtype (float32 keeps offline-equal scores)")
+    parser.add_argument("--max-model-len", type=int, help="retriever context window")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster "
+                                                     "(default: all of this machine)")
+    parser.add_argument("--address", help="join this Ray cluster instead of starting one")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    pairs = {"http.host": args.host, "http.port": args.port, "retriever.model": args.model,
+             "retriever.heads": args.heads, "retriever.dtype": args.dtype,
+             "retriever.max_model_len": args.max_model_len}
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def _import_serve():
+    """`serve` is a top-level package next to qrhead_vllm; an editable install made before it
+    existed does not map it, so fall back to the checkout this module lives in."""
+    try:
+        import serve.launch  # noqa: F401
+    except ModuleNotFoundError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def run(args: argparse.Namespace) -> int:
+    _import_serve()
+    from pydantic import ValidationError
+
+    from serve.builder import DEFAULT_CONFIG, load_config
+    from serve.launch import start_local, stop_local
+
+    try:
+        cfg = load_config({"config": args.config or str(DEFAULT_CONFIG), **_overrides(args)})
+    except (OSError, ValidationError) as e:
+        print(f"qrhead serve: error: bad config: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(f"qrhead serve: starting {cfg.retriever.model} (this takes a minute or two) ...",
+          file=sys.stderr)
+    try:
+        url = start_local(cfg, num_cpus=args.num_cpus, address=args.address)
+        print(f"qrhead serve: ready at {url}  (OpenAI API under {url}/v1, rerank at "
+              f"{url}/v1/rerank, answers at {url}/v1/answer; Ctrl-C stops)")
+        print(CURL.format(url=url, model=cfg.retriever.served_model_name[0]
+                          if cfg.retriever.served_model_name else cfg.retriever.model),
+              flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("qrhead serve: stopping", file=sys.stderr)
+        return 0
+    finally:
+        stop_local()
