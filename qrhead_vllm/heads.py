@@ -151,6 +151,7 @@ class HeadConfig(_Frozen):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a config is meant to be shared and read
         os.replace(tmp, path)
         return path
 
