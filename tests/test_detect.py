@@ -114,3 +114,13 @@ def test_module_entrypoint_help():
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.returncode == 0 and "--recipe" in out.stdout and "--ray-address" in out.stdout
+
+
+def test_vllm_backend_selects_the_same_heads(baseline, tmp_path):
+    """The engine hook and the reference port must agree (issue: same top-16 on the same data)."""
+    pytest.importorskip("vllm")
+    run = run_detection(job(tmp_path, "vllm", backend="vllm", batch_size=N))
+    assert run.head_config.provenance.engine == "vllm"
+    assert run.head_config.pairs == baseline[1].head_config.pairs
+    flat = lambda hc: [x for row in hc.score_table for x in row]  # noqa: E731
+    assert flat(run.head_config) == pytest.approx(flat(baseline[1].head_config), abs=1e-6)
