@@ -32,6 +32,11 @@ def start_local(cfg: QRHeadServeConfig, num_cpus: int | None = None,
     from serve.builder import build_qrhead_app
 
     if not ray.is_initialized():
+        if address is None:
+            # Ray starts workers at niceness 15; the engine is a child of its replica, so on a
+            # busy machine vLLM would lose the CPU to everything else. A local cluster we start
+            # ourselves serves at normal priority (RAY_worker_niceness overrides).
+            os.environ.setdefault("RAY_worker_niceness", "0")
         # Replicas import `serve` and `qrhead_vllm` by name: make the checkout importable in
         # every worker even where the package is not installed (or installed without serve/).
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)

@@ -16,7 +16,7 @@ from qrhead_vllm.results import Document, prep_docs
 from serve.args import RetrieverConfig
 from serve.errors import APIError
 from serve.rerank import RerankRequest, rerank_response
-from serve.windows import prompt_tokens, score_windowed
+from serve.windows import passage_tokens, prompt_tokens, score_windowed, window_budget
 
 # Head-set names a request may ask for besides the shipped config names. Requests can never name
 # a file path: that would let a client make the server read arbitrary files.
@@ -99,7 +99,8 @@ class Retriever:
         best = [r.index for r in scored.results]
         tokens, final = scored.prompt_tokens, {i: window_score[i] for i in best}
         if scored.num_windows > 1:  # re-score the finalists together: comparable scores
-            finalists = best[:max(rescore_candidates, top_k)]
+            finalists = self._fitting(ranker, question, docs,
+                                      best[:max(rescore_candidates, top_k)])
             again = await score_windowed(ranker, question, [docs[i] for i in finalists],
                                          self.limit)
             tokens += again.prompt_tokens
@@ -111,6 +112,18 @@ class Retriever:
         info.update(passages=len(docs), windows=scored.num_windows,
                     rescored=len(final) if scored.num_windows > 1 else 0, prompt_tokens=tokens)
         return {"passages": cited, "retrieval": info}
+
+    def _fitting(self, ranker: QRHeadRanker, question: str, docs: list[Document],
+                 candidates: list[int]) -> list[int]:
+        """The longest prefix of ``candidates`` that fits one window, so the re-scoring really is
+        one prompt (at least one passage: pack_windows already refused longer ones)."""
+        budget, used = window_budget(ranker, question, self.limit), 0
+        sizes = passage_tokens(ranker, [docs[i] for i in candidates])
+        for n, size in enumerate(sizes):
+            used += size
+            if used > budget:
+                return candidates[:max(n, 1)]
+        return candidates
 
 
 def _cited(doc: Document, index: int, rank: int, score: float, window_score: float,

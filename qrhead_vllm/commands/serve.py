@@ -9,6 +9,7 @@ running cluster instead, pass ``--address`` (or use ``serve run`` / ``serve depl
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,10 @@ def _import_serve():
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (systemd, docker stop, kill) stops as cleanly as Ctrl-C
+
+
 def run(args: argparse.Namespace) -> int:
     _import_serve()
     from pydantic import ValidationError
@@ -68,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     try:
         url = start_local(cfg, num_cpus=args.num_cpus, address=args.address)
+        signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own
         print(f"qrhead serve: ready at {url}  (OpenAI API under {url}/v1, rerank at "
               f"{url}/v1/rerank, answers at {url}/v1/answer; Ctrl-C stops)")
         print(CURL.format(url=url, model=cfg.retriever.served_model_name[0]
