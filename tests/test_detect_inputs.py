@@ -169,3 +169,16 @@ def test_cli_flags_come_from_the_config(tmp_path):
 def test_example_is_the_shared_type():
     ex = Example("q", "x", (Document("t", None, "0"),), frozenset({"0"}))
     assert ex.documents[0].doc_id == "0"
+
+
+def test_model_fingerprint_follows_the_model_files(tmp_path):
+    from qrhead_vllm.detect.checkpoint import model_fingerprint
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer_config.json").write_text('{"add_bos_token": false}')
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 10)
+    before = model_fingerprint(str(tmp_path))
+    assert model_fingerprint(str(tmp_path)) == before
+    (tmp_path / "tokenizer_config.json").write_text('{"add_bos_token": true}')
+    assert model_fingerprint(str(tmp_path)) != before
+    assert model_fingerprint("org/not-local") == "org/not-local"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from qrhead_vllm.detect.checkpoint import Checkpoint, example_key
+from qrhead_vllm.detect.checkpoint import Checkpoint, example_key, model_fingerprint
 from qrhead_vllm.detect.config import DetectConfig
 from qrhead_vllm.detect.inputs import combined_sha256
 from qrhead_vllm.detect.job import DetectionRun, OnRecords, run_batches, select_examples
@@ -29,9 +29,9 @@ def run_detection(cfg: DetectConfig, on_records: OnRecords | None = None) -> Det
             of examples done and the live actor handles.
     """
     examples, hashes = select_examples(cfg)
-    scoring_key = cfg.scoring_key()
+    scoring_key = cfg.scoring_key(model_fingerprint(cfg.model))
     keys = [example_key(scoring_key, ex) for ex in examples]
-    ckpt = Checkpoint(cfg.resolved_run_dir())
+    ckpt = Checkpoint(cfg.resolved_run_dir(scoring_key))
     if not cfg.resume:
         ckpt.reset()
     done = ckpt.load()
@@ -64,7 +64,7 @@ def build_head_config(cfg: DetectConfig, meta: dict, records: list[dict],
     scores = reduce_scores(records, cfg.recipe)
     if scores.shape[0] != facts.num_layers * facts.num_heads:
         raise ValueError(f"checkpoint records have {scores.shape[0]} heads, the model has "
-                         f"{facts.num_layers * facts.num_heads}: delete {cfg.resolved_run_dir()}")
+                         f"{facts.num_layers * facts.num_heads}: delete the run directory")
     ranked = rank_heads(scores, facts.num_heads)
     heads = tuple(HeadScore(layer=l, head=h, score=s) for l, h, s in ranked[: cfg.top_k])
     table = scores.reshape(facts.num_layers, facts.num_heads).tolist()

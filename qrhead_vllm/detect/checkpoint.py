@@ -20,6 +20,29 @@ from qrhead_vllm.data import Example
 logger = logging.getLogger(__name__)
 
 
+# Files whose content decides the scores besides the weights (hashed in full); weights are
+# identified by name and size, which is cheap and catches a re-dequantised or swapped model.
+_MODEL_TEXT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json", "generation_config.json")
+
+
+def model_fingerprint(model: str) -> str:
+    """A hash of the model directory the actors will load (bundled models are resolved, i.e.
+    dequantised once, here on the driver); hub ids that are not local hash to their name."""
+    from qrhead_vllm.models import resolve_model
+
+    path = Path(resolve_model(model).path)
+    if not path.is_dir():
+        return model
+    h = hashlib.sha256()
+    for name in _MODEL_TEXT_FILES:
+        if (path / name).exists():
+            h.update(name.encode() + b"\0" + (path / name).read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
 def example_key(scoring_key: str, ex: Example) -> str:
     """Content hash of one prepared example under one scoring setup."""
     blob = json.dumps([scoring_key, ex.qid, ex.query,

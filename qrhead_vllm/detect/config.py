@@ -99,25 +99,29 @@ class DetectConfig(BaseModel):
     def head_set_name(self) -> str:
         return self.name or Path(self.output).stem
 
-    def scoring_key(self) -> str:
+    def scoring_key(self, model_fingerprint: str = "") -> str:
         """Hash of every setting that changes one example's per-head scores.
 
         Recipe, top-k, split and Ray placement are not part of it: a checkpoint holds the
         per-example vectors of both recipes, so re-reducing with another recipe is free.
+        ``model_fingerprint`` (see :func:`qrhead_vllm.detect.checkpoint.model_fingerprint`)
+        makes a re-dequantised model or a changed tokenizer invalidate old checkpoints.
         """
         keys = ("model", "backend", "dtype", "engine_kwargs", "max_words", "calibrate",
                 "null_query", "prompt_family", "ndcg_k")
         settings = {k: getattr(self, k) for k in keys}
         if self.gpus_per_actor > 0:   # the device changes the floats a little
-            settings["gpu"] = True    # (only set when true: CPU keys stay what they were)
+            settings["gpu"] = True
+        settings["model_files"] = model_fingerprint
         blob = json.dumps(settings, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def resolved_run_dir(self) -> Path:
+    def resolved_run_dir(self, scoring_key: str) -> Path:
+        """``run_dir``, else one directory per model and scoring settings in QRHEAD_CACHE."""
         if self.run_dir:
             return Path(self.run_dir)
         slug = Path(self.model.rstrip("/")).name.lower()
-        return envs.cache_dir() / "detect-runs" / f"{slug}-{self.scoring_key()}"
+        return envs.cache_dir() / "detect-runs" / f"{slug}-{scoring_key}"
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "DetectConfig":
