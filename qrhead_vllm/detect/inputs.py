@@ -2,7 +2,8 @@
 
 Formats (``DetectConfig.format``; ``auto`` picks by path and first record):
 
-* ``hotpotqa`` — the shared set, JSONL ``{id, question, documents: [{id, title, text}], gold_ids}``.
+* ``hotpotqa`` — the shared set, JSONL
+  ``{id, question, documents: [{id, title, text}], gold_ids}``.
 * ``qrhead`` — the QRHead/ICR JSON (an array, or JSONL of the same records)
   ``{idx, question, paragraphs: [{idx, title, paragraph_text, is_supporting}], gt_docs}``; gold is
   ``gt_docs`` when present, else the paragraphs with ``is_supporting`` true.
