@@ -111,3 +111,29 @@ def test_interleaved_with_generation(vllm_ranker, reference, examples):
 
 def test_no_buffers_left_behind(vllm_ranker):
     assert vllm_ranker.backend.stats() == [{"active": 0, "done": 0}]
+
+
+def test_abort_mid_prefill_frees_the_buffer(vllm_ranker, reference, examples):
+    import time
+
+    from vllm import SamplingParams
+
+    from qrhead_vllm.core import Passage
+    from qrhead_vllm.integration.vllm.backend import scoring_request
+    # A ~2.7K-token prompt (all documents of two records) takes several 512-token chunks, so
+    # the worker holds its accumulator across steps; abort it before the last chunk.
+    docs = [d for e in examples[:2] for d in e.documents]
+    req = reference.prepare(examples[0].query, docs)[1]
+    assert 4 * 512 < req.real.num_tokens < 4096
+    engine = vllm_ranker.backend.llm.llm_engine
+    prompt, params, key = scoring_request(req.real, req.heads)
+    engine.add_request(key, prompt, params)     # the engine core steps on its own
+    stats = vllm_ranker.backend.stats
+    deadline = time.monotonic() + 300
+    while stats()[0]["active"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats()[0] == {"active": 1, "done": 0}, "never observed the request mid-prefill"
+    engine.abort_request([key])
+    # The worker learns of finished/aborted requests with the next scheduled step.
+    vllm_ranker.backend.llm.generate(["Hello"], SamplingParams(max_tokens=1), use_tqdm=False)
+    assert stats() == [{"active": 0, "done": 0}]
