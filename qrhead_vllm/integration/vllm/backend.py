@@ -26,11 +26,20 @@ from qrhead_vllm.integration.vllm.worker_ext import decode_rows
 ENGINE_DEFAULTS = {"enforce_eager": True, "enable_prefix_caching": True}
 
 
-def prepare_engine_env() -> None:
-    """Environment every engine we start needs: QRHead on, both CPU cores used (the vLLM
+def cpu_thread_binding(tensor_parallel_size: int = 1, cpus: int | None = None) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` giving each TP rank its own share of the cores
+    ("0-1" for one rank on 2 cores, "0|1" for two)."""
+    cpus = cpus or os.cpu_count() or 1
+    per_rank = max(cpus // tensor_parallel_size, 1)
+    groups = [(r * per_rank, min((r + 1) * per_rank, cpus) - 1) for r in range(tensor_parallel_size)]
+    return "|".join(f"{a}-{b}" if b > a else str(a) for a, b in groups)
+
+
+def prepare_engine_env(tensor_parallel_size: int = 1) -> None:
+    """Environment every engine we start needs: QRHead on, and on CPU every core used (vLLM's
     CPU default reserves one of two cores for the front end, halving prefill speed)."""
     os.environ["QRHEAD_ENABLED"] = "1"
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max((os.cpu_count() or 1) - 1, 0)}")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_thread_binding(tensor_parallel_size))
     from qrhead_vllm.plugin import register
     register()  # this process may have loaded vLLM's plugins before QRHEAD_ENABLED was set
 
@@ -99,7 +108,7 @@ class VLLMBackend(_ModelInfo):
 
     def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
                  **overrides: Any):
-        prepare_engine_env()
+        prepare_engine_env(overrides.get("tensor_parallel_size", 1))
         from vllm import LLM
         self.llm = LLM(**engine_kwargs(model_path, dtype, **overrides))
         self._init_model_info(model_path, model_id or model_path,
@@ -150,7 +159,7 @@ class AsyncVLLMBackend(_ModelInfo):
     def start(cls, model_path: str, model_id: str | None = None, dtype: str = "float32",
               **overrides: Any) -> "AsyncVLLMBackend":
         """Start an AsyncLLM with the QRHead hook (call inside the event loop that will use it)."""
-        prepare_engine_env()
+        prepare_engine_env(overrides.get("tensor_parallel_size", 1))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
         args = AsyncEngineArgs(**engine_kwargs(model_path, dtype, **overrides))
