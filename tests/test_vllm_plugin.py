@@ -16,7 +16,9 @@ from qrhead_vllm.patches import wrap_method
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
     import os
-    full_env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **env}
+    # Engines started earlier in this test process set QRHEAD_ENABLED=1; start each probe clean.
+    base = {k: v for k, v in os.environ.items() if not k.startswith("QRHEAD_")}
+    full_env = {**base, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **env}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
                           capture_output=True, text=True, timeout=600)
 
