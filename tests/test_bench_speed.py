@@ -1,0 +1,106 @@
+"""Smoke tests of the speed bench's parts (no vLLM engine: that is the bench's own job).
+
+The GPU bench's two computations must agree (it compares the same maths), the memory formula
+must match what the profiler measures, the timing helper must pair and rotate variants, the
+prompt builders must hit their sizes with the real tokenizer, and the report must render.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bench import gpu_capture, speed_report
+from bench.gpu_capture import Shape, make_layer, ours, peak_bytes
+from bench.speed import FALLBACK_HEADS, Run
+from bench.speed_prompts import Item, docs_item, length_item
+from bench.speed_timing import interleave
+
+SMALL = Shape("small", 4, 8, 2, 16, ((1, 0), (1, 5), (3, 2), (3, 3), (3, 6)))
+SMOLLM = Shape("smollm-like", 30, 9, 3, 64, tuple(FALLBACK_HEADS))
+
+
+def test_capture_maths_equals_the_reference_recompute():
+    layer = make_layer(SMALL, 300, 20, 16, torch.float32, "cpu")
+    assert gpu_capture.check_same_maths(SMALL, layer) < 1e-6
+    assert gpu_capture.reference(SMALL, layer).shape == (4, 8, 300)
+
+
+def test_gpu_bench_runs_on_cpu(capsys):
+    gpu_capture.main(["--device", "cpu", "--shapes", "8b", "--tokens", "256", "--reps", "1"])
+    out = capsys.readouterr().out
+    assert "| Llama-3.1-8B | 256 | 16 (5) |" in out
+
+
+@pytest.mark.parametrize("tokens", [1000, 4096])
+def test_memory_formula_matches_the_measured_peak(tokens):
+    layer = make_layer(SMOLLM, tokens, 50, 128, torch.float32, "cpu")
+    measured = peak_bytes(lambda: ours(SMOLLM, layer), "cpu")
+    predicted = speed_report.capture_bytes(SMOLLM, tokens, 50, 128)
+    assert abs(measured - predicted) / measured < 0.05
+
+
+def _item(label: str, tokens: int) -> Item:
+    return Item(label, SimpleNamespace(real=SimpleNamespace(num_tokens=tokens)), 1)
+
+
+def test_interleave_pairs_and_rotates_variants():
+    now, calls = {"wall": 0.0, "cpu": 0.0}, []
+
+    def variant(name, cost):
+        def run(item):
+            calls.append(name)
+            now["wall"] += cost
+            now["cpu"] += 2 * cost * item.tokens      # CPU time may differ from wall time
+        return run
+    items = [_item("a", 10), _item("b", 20)]
+    t = interleave({"x": variant("x", 3), "y": variant("y", 1)}, items, reps=2, title="t",
+                   clock=lambda: now["wall"], cpu_clock=lambda: now["cpu"])
+    assert calls[:2] == ["x", "y"]                       # warm-up, not timed
+    assert calls[2:] == ["x", "y", "y", "x", "y", "x", "x", "y"]
+    assert t.ratios("x", "y") == [3.0, 3.0, 3.0, 3.0]
+    assert t.cpu["x"]["b"] == [120.0, 120.0] and t.ratio("x", "y", kind="cpu").median == 3.0
+
+
+@pytest.fixture(scope="module")
+def prompt_ranker(bundled_model_path):
+    """A ranker whose backend has the real tokenizer and config but no weights."""
+    from transformers import AutoConfig, AutoTokenizer
+    from qrhead_vllm.heads import ModelFacts
+    from qrhead_vllm.ranker import QRHeadRanker
+    path = bundled_model_path("smollm2-135m")
+    cfg = AutoConfig.from_pretrained(path)
+    backend = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(path), hf_config=cfg,
+                              facts=ModelFacts.from_hf_config(cfg, "smollm2"),
+                              max_model_len=8192, close=lambda: None)
+    return QRHeadRanker("smollm2-135m", backend=backend)
+
+
+def test_prompts_fit_their_targets(prompt_ranker, hotpotqa_split):
+    examples = hotpotqa_split[0] + hotpotqa_split[1]
+    item = length_item(prompt_ranker, examples, 4096, start=3)
+    assert 3800 <= item.tokens <= 4096 and item.request.null.num_tokens <= 4096
+    assert docs_item(prompt_ranker, examples, 200, 15).tokens <= 8192
+
+
+def test_report_renders(tmp_path):
+    items = [_item("hotpot-1", 1400), _item("4K", 4000)]
+    ticks = itertools.count()
+    timings = interleave({"plain": lambda i: {"hook": 0.001}, "capture": lambda i: None}, items,
+                         2, "t", clock=ticks.__next__, cpu_clock=ticks.__next__)
+    args = argparse.Namespace(model="m", dtype="float32", max_model_len=8192,
+                              extend_context=False, multiprocess=False, doc_words=15,
+                              scaling_reps=1)
+    run = Run(args, "python bench/speed.py", timings={"overhead": timings}, memory=[
+        {"tokens": 1024, "ours": 2 ** 20, "formula": 2 ** 20, "kv_cache": 2 ** 25,
+         "reference": 2 ** 23}, {"tokens": 2048, "ours": 2 ** 21, "formula": 2 ** 21,
+                                 "kv_cache": 2 ** 26}])
+    text = speed_report.write(run, tmp_path).read_text()
+    assert "| capture overhead, hook on / off (HotpotQA prompts, 1400 tokens) | 1.000" in text
+    assert "| hotpot-1 | 1400 | 1 | 2.00 | 2.00 | 1.000 / 1.000 | 1.0 |" in text   # hook: plain only
+    assert "not been run on a GPU yet" in text
+    assert (tmp_path / "speed_memory.png").stat().st_size > 0
