@@ -13,6 +13,7 @@ from bench.speed_timing import Ratio, Timings
 NOTES = Path(__file__).resolve().parent / "speed_notes.md"
 MIB = 2 ** 20
 GPU_COMMAND = "python bench/gpu_capture.py"
+COLORS = {"real+null": "C0", "plain": "C1", "transformers": "C2"}   # same line, same colour
 
 
 def capture_bytes(shape, tokens: int, span: int, block_size: int, elem: int = 4) -> int:
@@ -139,7 +140,8 @@ def plot(tm: Timings, x: str, path: Path, title: str, labels: dict[str, str]) ->
     xs = [i.num_docs if x == "docs" else i.tokens for i in tm.items]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for v in tm.variants:
-        ax.plot(xs, [tm.median(v, i.label) for i in tm.items], marker="o", label=labels[v])
+        ax.plot(xs, [tm.median(v, i.label) for i in tm.items], marker="o", label=labels[v],
+                color=COLORS.get(v))
     ax.set_xlabel("documents per prompt" if x == "docs" else "prompt tokens")
     ax.set_ylabel("seconds per query")
     ax.set_title(title, fontsize=10)
@@ -197,7 +199,9 @@ def write(run, out: Path, name: str = "speed", notes: Path | None = NOTES) -> Pa
              f"- **command**: `{run.command}`",
              f"- **code**: commit {git_commit()}; {versions()}",
              f"- **model**: {a.model}, {a.dtype}, vLLM max_model_len {a.max_model_len}"
-             + (" (positions extended)" if a.extend_context else "")
+             + (f" (max_position_embeddings raised to {a.max_model_len}: past the model's "
+                "trained positions the timings are valid, the scores are not)"
+                if a.extend_context else "")
              + f", engine core {'in its own process' if a.multiprocess else 'in-process'},"
              " enforce_eager, prefix caching on and reset before every timed call"]
     lines += [f"- **{k}**: {v}" for k, v in run.facts.items()]
