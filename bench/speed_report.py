@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import subprocess
 from pathlib import Path
 
+from bench.report import git_commit
 from bench.speed_timing import Ratio, Timings
 
 NOTES = Path(__file__).resolve().parent / "speed_notes.md"
@@ -60,17 +60,6 @@ def versions() -> str:
         except ImportError:
             out.append(f"{name} absent")
     return ", ".join(out)
-
-
-def git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return sha + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def target_rows(run) -> list[tuple[str, Ratio, Ratio, float, str, callable]]:
