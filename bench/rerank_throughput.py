@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # `python bench/rerank_throughput.py`
 
 from bench.report import git_commit, machine, now  # noqa: E402
-from serve.testing import hotpotqa_examples  # noqa: E402
+from qrhead_vllm.serve.testing import hotpotqa_examples  # noqa: E402
 
 START, END = "<!-- bench:rerank_throughput:start -->", "<!-- bench:rerank_throughput:end -->"
 
@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     started, url = None, args.url
     if args.start:
-        from serve.builder import DEFAULT_CONFIG, load_config
-        from serve.launch import start_local, stop_local
-        from serve.testing import free_port
+        from qrhead_vllm.serve.builder import DEFAULT_CONFIG, load_config
+        from qrhead_vllm.serve.launch import start_local, stop_local
+        from qrhead_vllm.serve.testing import free_port
         started = load_config({"config": str(DEFAULT_CONFIG), "http.port": free_port()})
         url = start_local(started)
     try:

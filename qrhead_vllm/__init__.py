@@ -1,28 +1,39 @@
-"""qrhead-vllm: zero-shot retrieval and re-ranking with query-focused retrieval heads, in vLLM.
+"""qrhead-vllm: zero-shot retrieval and re-ranking with query-focused retrieval heads, in vLLM
+and SGLang.
 
 Public surface::
 
     from qrhead_vllm import QRHeadRanker, HeadConfig, RankedResults
+
+Everything but the exceptions is imported lazily: vLLM and SGLang import this package in every
+worker process through their plugin entry points, and ``qrhead_vllm.core`` must import with
+torch alone (no pydantic, yaml, transformers, engines or Ray; a test enforces it).
 """
 
+from importlib import import_module
+
 from qrhead_vllm.errors import (
-    ContextOverflowError, EngineCompatibilityError, HeadConfigError, InvalidInputError, QRHeadError,
+    CaptureError, ContextOverflowError, EngineCompatibilityError, HeadConfigError,
+    InsufficientMemoryError, InvalidInputError, QRHeadError,
 )
-from qrhead_vllm.heads import HeadConfig
-from qrhead_vllm.results import Document, RankedResults, Result
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "QRHeadRanker": "qrhead_vllm.ranker",
+    "HeadConfig": "qrhead_vllm.heads",
+    "RankedResults": "qrhead_vllm.results",
+    "Result": "qrhead_vllm.results",
+    "Document": "qrhead_vllm.results",
+}
+
 
 def __getattr__(name):
-    # QRHeadRanker pulls in the backends; import it lazily so `import qrhead_vllm` stays cheap
-    # (vLLM imports this package in every worker process through the plugin entry point).
-    if name == "QRHeadRanker":
-        from qrhead_vllm.ranker import QRHeadRanker
-        return QRHeadRanker
-    raise AttributeError(name)
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'qrhead_vllm' has no attribute {name!r}")
 
 
-__all__ = ["QRHeadRanker", "HeadConfig", "RankedResults", "Result", "Document", "QRHeadError",
-           "InvalidInputError", "ContextOverflowError", "HeadConfigError",
-           "EngineCompatibilityError"]
+__all__ = [*_LAZY, "QRHeadError", "InvalidInputError", "ContextOverflowError",
+           "HeadConfigError", "EngineCompatibilityError", "CaptureError",
+           "InsufficientMemoryError"]

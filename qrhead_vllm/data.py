@@ -8,17 +8,16 @@ Heads are never selected on the examples quality is reported on: detection uses
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qrhead_vllm import envs
 from qrhead_vllm.results import Document
 
 def _shared_data() -> Path:
     """The project's shared data: QRHEAD_DATA_DIR, else ``../shared/data`` beside the checkout."""
-    env = os.environ.get("QRHEAD_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return envs.data_dir(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 SHARED_DATA = _shared_data()

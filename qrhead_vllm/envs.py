@@ -1,11 +1,33 @@
-"""QRHEAD_* environment variables, read lazily (vLLM's envs.py pattern).
+"""Every QRHEAD_* environment variable, read lazily (vLLM's envs.py pattern). Nothing else in
+the package reads ``os.environ`` for a QRHEAD_* name.
 
 Precedence, one rule everywhere: an explicit argument (Python API, config file, CLI flag)
 wins over the environment, and the environment wins over the built-in default.
+
+==============================  =================================================================
+``QRHEAD_ENABLED``              ``1``: the engine plugins install their hooks (off otherwise)
+``QRHEAD_CACHE``                dequantised bundled models, detection checkpoints
+                                (default ``~/.cache/qrhead-vllm``)
+``QRHEAD_CONFIG_DIR``           a folder with ``heads/`` (and ``serve/``) used instead of the
+                                shipped configs
+``QRHEAD_DATA_DIR``             the shared evaluation data for benches (default ``../shared/data``
+                                beside a checkout)
+``QRHEAD_SKIP_VERSION_CHECK``   ``1``: load the nearest patch module on an unsupported engine
+                                version (at your own risk)
+==============================  =================================================================
 """
+
+from __future__ import annotations
 
 import os
 from pathlib import Path
+
+ENABLED = "QRHEAD_ENABLED"
+_TRUE = ("1", "true", "yes")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in _TRUE
 
 
 def cache_dir() -> Path:
@@ -15,10 +37,22 @@ def cache_dir() -> Path:
 
 
 def plugin_enabled() -> bool:
-    """QRHEAD_ENABLED=1 turns the vLLM plugin on; it is off (a no-op) otherwise."""
-    return os.environ.get("QRHEAD_ENABLED", "0").lower() in ("1", "true", "yes")
+    """QRHEAD_ENABLED=1 turns the engine plugins on; they are a no-op otherwise."""
+    return _flag(ENABLED)
 
 
 def skip_version_check() -> bool:
-    """QRHEAD_SKIP_VERSION_CHECK=1: load the plugin on an unsupported vLLM (at your own risk)."""
-    return os.environ.get("QRHEAD_SKIP_VERSION_CHECK", "0").lower() in ("1", "true", "yes")
+    """QRHEAD_SKIP_VERSION_CHECK=1: load the nearest patch module on an unsupported version."""
+    return _flag("QRHEAD_SKIP_VERSION_CHECK")
+
+
+def config_dir() -> Path | None:
+    """QRHEAD_CONFIG_DIR, or None for the shipped configs."""
+    value = os.environ.get("QRHEAD_CONFIG_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def data_dir(default: Path) -> Path:
+    """QRHEAD_DATA_DIR, else ``default`` (the shared data beside a checkout)."""
+    value = os.environ.get("QRHEAD_DATA_DIR")
+    return Path(value).expanduser() if value else default

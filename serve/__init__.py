@@ -18,11 +18,11 @@ __all__ = ["QRHeadServeConfig", "build_qrhead_app"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: `import serve.args` (config checks, the CLI's --help) must not import Ray and vLLM.
+    # Lazy: `import qrhead_vllm.serve.args` (config checks, the CLI's --help) must not import Ray and vLLM.
     if name == "QRHeadServeConfig":
-        from serve.args import QRHeadServeConfig
+        from qrhead_vllm.serve.args import QRHeadServeConfig
         return QRHeadServeConfig
     if name == "build_qrhead_app":
-        from serve.builder import build_qrhead_app
+        from qrhead_vllm.serve.builder import build_qrhead_app
         return build_qrhead_app
     raise AttributeError(name)

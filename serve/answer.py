@@ -29,9 +29,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from serve.args import RAGConfig
-from serve.errors import APIError, validation_message
-from serve.rerank import normalise_document
+from qrhead_vllm.serve.args import RAGConfig
+from qrhead_vllm.serve.errors import APIError, validation_message
+from qrhead_vllm.serve.rerank import normalise_document
 
 EXAMPLE = '{"question": "...", "context": "<long text>", "top_k": 3}'
 PARAGRAPH = re.compile(r"\n\s*\n")

@@ -3,7 +3,7 @@
 Usable three ways::
 
     serve run configs/serve/cpu.yaml                      # a Serve config file (import_path + args)
-    serve run serve.builder:build_qrhead_app config=configs/serve/cpu.yaml retriever.dtype=bfloat16
+    serve run qrhead_vllm.serve.builder:build_qrhead_app config=configs/serve/cpu.yaml retriever.dtype=bfloat16
     serve.run(build_qrhead_app(QRHeadServeConfig(...)))   # from Python
 
 Topology: an ingress deployment (no engine, no CPU reserved) in front of one engine deployment
@@ -13,16 +13,16 @@ retriever and a generator, each with its own resources (the cluster example).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from serve.args import QRHeadServeConfig, merge
-from serve.engine import QRHeadEngineDeployment
-from serve.ingress import QRHeadIngress
+from qrhead_vllm import configs
+from qrhead_vllm.serve.args import QRHeadServeConfig, merge
+from qrhead_vllm.serve.engine import QRHeadEngineDeployment
+from qrhead_vllm.serve.ingress import QRHeadIngress
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "serve" / "cpu.yaml"
+DEFAULT_CONFIG = configs.path("serve", "cpu.yaml")
 
 
 def load_config(args: QRHeadServeConfig | dict[str, Any] | None = None) -> QRHeadServeConfig:

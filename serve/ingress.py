@@ -21,12 +21,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
-from serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body, parse_answer,
+from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body, parse_answer,
                           passages_event, request_passages)
-from serve.args import QRHeadServeConfig
-from serve.errors import (APIError, BodySizeLimit, install_handlers, parse_json_body,
+from qrhead_vllm.serve.args import QRHeadServeConfig
+from qrhead_vllm.serve.errors import (APIError, BodySizeLimit, install_handlers, parse_json_body,
                           to_api_error)
-from serve.rerank import EXAMPLE as RERANK_EXAMPLE, parse_rerank
+from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, parse_rerank
 
 RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
 PROXY_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]

@@ -10,12 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 
-from serve.args import QRHeadServeConfig
+from qrhead_vllm.serve.args import QRHeadServeConfig
 
 logger = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def app_url(cfg: QRHeadServeConfig) -> str:
@@ -29,7 +27,7 @@ def start_local(cfg: QRHeadServeConfig, num_cpus: int | None = None,
     import ray
     from ray import serve
 
-    from serve.builder import build_qrhead_app
+    from qrhead_vllm.serve.builder import build_qrhead_app
 
     if not ray.is_initialized():
         if address is None:
@@ -37,11 +35,8 @@ def start_local(cfg: QRHeadServeConfig, num_cpus: int | None = None,
             # busy machine vLLM would lose the CPU to everything else. A local cluster we start
             # ourselves serves at normal priority (RAY_worker_niceness overrides).
             os.environ.setdefault("RAY_worker_niceness", "0")
-        # Replicas import `serve` and `qrhead_vllm` by name: make the checkout importable in
-        # every worker even where the package is not installed (or installed without serve/).
-        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
-                 include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+                 include_dashboard=False)
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
     serve.run(build_qrhead_app(cfg), name=cfg.app_name, route_prefix=cfg.http.route_prefix,
               blocking=False)

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from qrhead_vllm.results import RankedResults
-from serve.errors import APIError, validation_message
+from qrhead_vllm.serve.errors import APIError, validation_message
 
 EXAMPLE = '{"model": "smollm2-135m", "query": "...", "documents": ["...", "..."], "top_n": 3}'
 

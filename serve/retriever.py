@@ -13,10 +13,10 @@ from qrhead_vllm.errors import ContextOverflowError
 from qrhead_vllm.head_registry import shipped_head_configs
 from qrhead_vllm.ranker import QRHeadRanker
 from qrhead_vllm.results import Document, prep_docs
-from serve.args import RetrieverConfig
-from serve.errors import APIError
-from serve.rerank import RerankRequest, rerank_response
-from serve.windows import passage_tokens, prompt_tokens, score_windowed, window_budget
+from qrhead_vllm.serve.args import RetrieverConfig
+from qrhead_vllm.serve.errors import APIError
+from qrhead_vllm.serve.rerank import RerankRequest, rerank_response
+from qrhead_vllm.serve.windows import passage_tokens, prompt_tokens, score_windowed, window_budget
 
 # Head-set names a request may ask for besides the shipped config names. Requests can never name
 # a file path: that would let a client make the server read arbitrary files.
@@ -61,7 +61,7 @@ class Retriever:
                 "num_heads": len(ranker.head_pairs), "calibrated": ranker.calibrate}
 
     async def rerank(self, req: RerankRequest) -> dict[str, Any]:
-        """Handle one validated rerank request (see ``serve.rerank``)."""
+        """Handle one validated rerank request (see ``qrhead_vllm.serve.rerank``)."""
         model = self.check_model(req.model)
         if len(req.documents) > self.cfg.max_documents:
             raise APIError(400, f"{len(req.documents)} documents is more than this server's "
@@ -91,7 +91,7 @@ class Retriever:
     async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
                        rescore_candidates: int, heads: str | None = None,
                        calibrate: bool | None = None) -> dict[str, Any]:
-        """Score passages (windowed when needed), keep the best ``top_k`` (see serve.windows)."""
+        """Score passages (windowed when needed), keep the best ``top_k`` (see qrhead_vllm.serve.windows)."""
         ranker = self.ranker(heads, calibrate)
         docs = prep_docs(passages)
         scored = await score_windowed(ranker, question, docs, self.limit)

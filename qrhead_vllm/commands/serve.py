@@ -12,7 +12,6 @@ import argparse
 import signal
 import sys
 import time
-from pathlib import Path
 
 EXIT_USER_ERROR = 2
 CURL = """\
@@ -44,25 +43,15 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-def _import_serve():
-    """`serve` is a top-level package next to qrhead_vllm; an editable install made before it
-    existed does not map it, so fall back to the checkout this module lives in."""
-    try:
-        import serve.launch  # noqa: F401
-    except ModuleNotFoundError:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (systemd, docker stop, kill) stops as cleanly as Ctrl-C
 
 
 def run(args: argparse.Namespace) -> int:
-    _import_serve()
     from pydantic import ValidationError
 
-    from serve.builder import DEFAULT_CONFIG, load_config
-    from serve.launch import start_local, stop_local
+    from qrhead_vllm.serve.builder import DEFAULT_CONFIG, load_config
+    from qrhead_vllm.serve.launch import start_local, stop_local
 
     try:
         cfg = load_config({"config": args.config or str(DEFAULT_CONFIG), **_overrides(args)})
