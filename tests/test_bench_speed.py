@@ -84,7 +84,9 @@ def test_prompts_fit_their_targets(prompt_ranker, hotpotqa_split):
     examples = hotpotqa_split[0] + hotpotqa_split[1]
     item = length_item(prompt_ranker, examples, 4096, start=3)
     assert 3800 <= item.tokens <= 4096 and item.request.null.num_tokens <= 4096
-    assert docs_item(prompt_ranker, examples, 200, 15).tokens <= 8192
+    assert docs_item(prompt_ranker, examples, 150, 15).tokens <= 8192   # 160 docs vendored
+    with pytest.raises(ValueError, match="only 160 documents"):
+        docs_item(prompt_ranker, examples, 200, 15)
 
 
 def test_report_renders(tmp_path):

@@ -1,5 +1,6 @@
 """The core imports torch only: engines (vLLM, SGLang) and Ray share it without pulling each
-other in. Proven in a fresh interpreter where importing vllm, ray or transformers fails."""
+other in. Proven in a fresh interpreter where importing vllm, sglang, ray, transformers,
+pydantic or yaml fails (tests/test_packaging.py also imports it in a venv holding only torch)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCKED = ("vllm", "ray", "transformers")
+BLOCKED = ("vllm", "sglang", "ray", "transformers", "pydantic", "yaml")
 
 # sys.modules[name] = None makes `import name` raise ImportError, including inside the package.
 _BLOCK = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED)
@@ -23,7 +24,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_blocking_works():
     # Negative control: without it, the import test below could pass for the wrong reason.
     result = run_python("""
-        for name in ("vllm", "ray", "transformers"):
+        for name in ("vllm", "sglang", "ray", "transformers", "pydantic", "yaml"):
             try:
                 __import__(name)
             except ImportError:
@@ -55,7 +56,8 @@ def test_core_imports_without_engines_and_builds_prompts():
         assert text(real.token_ids[real.query_start:]).startswith(INSTRUCTION)
         assert null.token_ids[:null.query_start] == real.token_ids[:real.query_start]
         assert "Query: N/A" in text(null.token_ids[null.query_start:])
-        leaked = [m for m in sys.modules if m.split(".")[0] in ("vllm", "ray", "transformers")
+        blocked = ("vllm", "sglang", "ray", "transformers", "pydantic", "yaml")
+        leaked = [m for m in sys.modules if m.split(".")[0] in blocked
                   and sys.modules[m] is not None]
         assert not leaked, leaked
         print("ok")

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from qrhead_vllm.data import HOTPOTQA
+from conftest import HOTPOTQA_DETECT
 from qrhead_vllm.detect import DetectConfig, run_detection
 from qrhead_vllm.head_registry import load_head_config, resolve_heads
 from qrhead_vllm.heads import HeadConfig
@@ -23,9 +23,7 @@ N = 4
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray")
-    if not HOTPOTQA.exists():
-        pytest.skip(f"shared data {HOTPOTQA} missing")
+    import ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield ray
@@ -33,7 +31,7 @@ def ray_local():
 
 
 def job(tmp_path, name: str, **kw) -> DetectConfig:
-    return DetectConfig(data=str(HOTPOTQA), split="detect", limit=N, max_words=25, top_k=8,
+    return DetectConfig(data=str(HOTPOTQA_DETECT), split="all", limit=N, max_words=25, top_k=8,
                         output=str(tmp_path / f"{name}.yaml"), run_dir=str(tmp_path / name),
                         progress=False, **kw)
 
@@ -98,7 +96,7 @@ def test_cli_reduces_another_recipe_without_an_engine(baseline, capsys):
 
     tmp, _ = baseline
     out = tmp / "plain-ndcg.yaml"
-    rc = main(["detect", "--data", str(HOTPOTQA), "--split", "detect", "--limit", str(N),
+    rc = main(["detect", "--data", str(HOTPOTQA_DETECT), "--split", "all", "--limit", str(N),
                "--max-words", "25", "--recipe", "ndcg", "--top-k", "8", "--no-progress",
                "--run-dir", str(tmp / "plain"), "--output", str(out)])
     assert rc == 0 and "(0 computed, 4 from checkpoint)" in capsys.readouterr().out
@@ -118,7 +116,6 @@ def test_module_entrypoint_help():
 
 def test_vllm_backend_selects_the_same_heads(baseline, tmp_path):
     """The engine hook and the reference port must agree (issue: same top-16 on the same data)."""
-    pytest.importorskip("vllm")
     run = run_detection(job(tmp_path, "vllm", backend="vllm", batch_size=N))
     assert run.head_config.provenance.engine == "vllm"
     assert run.head_config.pairs == baseline[1].head_config.pairs

@@ -11,18 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # see test_serve_units.py
 
-from qrhead_vllm.data import load_hotpotqa, split_examples  # noqa: E402
-from serve.testing import hotpotqa_examples  # noqa: E402
-
-pytest_plugins = ("serve.testing",)
 pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m"
 # fp32 on both paths, same engine arguments: differences can only come from batch shapes in
@@ -111,8 +104,7 @@ def test_rerank_extension_object(serve_app):
     assert ext["windows"] == 1 and set(out) == {"id", "model", "results", "usage", "qrhead"}
 
 
-def _rerank_requests(n: int) -> list[dict]:
-    examples = hotpotqa_examples()
+def _rerank_requests(examples: list[dict], n: int) -> list[dict]:
     return [{"query": ex["question"], "top_n": 2,
              "documents": [d["text"] for d in ex["documents"][:4]]}
             for ex in (examples[i % len(examples)] for i in range(10, 10 + n))]
@@ -131,8 +123,8 @@ async def _burst(url: str, requests: list[dict], chats: int):
             *(chat() for _ in range(chats))))
 
 
-def test_concurrent_reranks_with_streaming_chat_equal_serial(serve_app):
-    requests = _rerank_requests(32)
+def test_concurrent_reranks_with_streaming_chat_equal_serial(serve_app, hotpotqa_records):
+    requests = _rerank_requests(hotpotqa_records, 32)
     serial = [post(serve_app, "/v1/rerank", r).json()["results"] for r in requests]
     responses, chats = asyncio.run(_burst(serve_app.url, requests, chats=4))
     assert all(c.endswith("data: [DONE]") for c in chats)
@@ -144,11 +136,10 @@ def test_concurrent_reranks_with_streaming_chat_equal_serial(serve_app):
             [x["relevance_score"] for x in expected], **TOL)
 
 
-def _long_context() -> tuple[dict, str]:
+def _long_context(example, records: list[dict]) -> tuple[dict, str]:
     """An evaluation-half HotpotQA question (never used for head detection) whose 10 passages
     are shuffled among 40 passages of other questions: ~6-7K tokens, more than one window."""
-    example = split_examples(load_hotpotqa())[1][0]
-    others = [d for ex in hotpotqa_examples() if ex["id"] != example.qid
+    others = [d for ex in records if ex["id"] != example.qid
               for d in ex["documents"]][:40]
     paragraphs = [f"{d.title}. {d.text}" for d in example.documents]
     paragraphs += [f"{d['title']}. {d['text']}" for d in others]
@@ -157,8 +148,9 @@ def _long_context() -> tuple[dict, str]:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_answer_over_long_context_cites_gold(serve_app, stream):
-    example, context = _long_context()
+def test_answer_over_long_context_cites_gold(serve_app, stream, hotpotqa_split,
+                                            hotpotqa_records):
+    example, context = _long_context(hotpotqa_split[1][0], hotpotqa_records)
     body = {"question": example.query, "context": context, "top_k": 3, "stream": stream,
             "max_tokens": 48}
     r = post(serve_app, "/v1/answer", body)

@@ -4,15 +4,11 @@ OpenAI/Cohere shape whose message says what to fix, and the server keeps serving
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # see test_serve_units.py
 
-pytest_plugins = ("serve.testing",)
 pytestmark = pytest.mark.slow
 
 DOCS = ["Paris is the capital of France.", "Pasta is Italian food."]
