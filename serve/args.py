@@ -2,7 +2,7 @@
 
 One object drives the three entry points (``serve run`` / ``serve deploy`` with a Serve config
 file whose ``applications[0].args`` holds these fields, ``qrhead serve``, and
-:func:`serve.builder.build_qrhead_app` from Python). ``configs/serve/*.yaml`` are Ray Serve
+:func:`qrhead_vllm.serve.builder.build_qrhead_app` from Python). ``configs/serve/*.yaml`` are Ray Serve
 config files, so :meth:`QRHeadServeConfig.from_yaml` reads their ``args`` block; a bare mapping
 of these fields is accepted too.
 
@@ -64,8 +64,15 @@ class EngineConfig(_Config):
     tensor_parallel_size: int = Field(1, gt=0, description="Tensor-parallel GPUs (vLLM arg).")
     pipeline_parallel_size: int = Field(1, gt=0, description="Pipeline stages (vLLM arg).")
     gpu_memory_utilization: float | None = Field(
-        None, gt=0, le=1, description="vLLM memory fraction; on CPU a fraction of host memory "
-                                      "(default QRHEAD_CPU_MEMORY_FRACTION or 0.25).")
+        None, gt=0, le=1, description="vLLM's GPU memory fraction. On CPU leave it unset: the "
+                                      "engine is sized from the model, max_model_len and "
+                                      "kv_cache_sequences (a fraction of the host's memory does "
+                                      "not carry from one box to another).")
+    kv_cache_sequences: int = Field(
+        2, gt=0, description="CPU only: full-length (max_model_len) sequences the KV cache holds "
+                             "at once; the engine's memory is derived from it and checked "
+                             "against the NUMA node at start-up (engine_args."
+                             "kv_cache_memory_bytes overrides).")
     enforce_eager: bool | None = Field(
         None, description="Disable torch.compile / CUDA graphs (the retriever defaults to True: "
                           "compile is slow and was wrong in bf16 on CPU).")
@@ -103,6 +110,17 @@ class RetrieverConfig(EngineConfig):
                                                        "carry.")
     window_tokens: int | None = Field(
         None, gt=0, description="Token budget of one scoring window (default: max_model_len).")
+
+    @model_validator(mode="after")
+    def _scorable(self) -> "RetrieverConfig":
+        # Refused here, when the config is read, and again by the engine at start-up.
+        if self.pipeline_parallel_size > 1:
+            raise ValueError("retriever.pipeline_parallel_size must be 1: QRHead capture does "
+                             "not support pipeline parallelism (use tensor_parallel_size)")
+        if self.engine_args.get("kv_cache_dtype", "auto") != "auto":
+            raise ValueError("retriever.engine_args.kv_cache_dtype must be 'auto': QRHead "
+                             "cannot score from a quantised KV cache")
+        return self
 
 
 class RAGConfig(_Config):

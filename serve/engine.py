@@ -18,10 +18,10 @@ from ray import serve
 
 from qrhead_vllm.errors import QRHeadError
 from qrhead_vllm.models import BUNDLED, resolve_model
-from serve.args import EngineConfig, RetrieverConfig
-from serve.errors import APIError, to_api_error
-from serve.generator import build_openai_app, call_asgi, vllm_args
-from serve.rerank import RerankRequest
+from qrhead_vllm.serve.args import EngineConfig, RetrieverConfig
+from qrhead_vllm.serve.errors import APIError, to_api_error
+from qrhead_vllm.serve.generator import build_openai_app, call_asgi, vllm_args
+from qrhead_vllm.serve.rerank import RerankRequest
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +37,19 @@ def start_engine(cfg: EngineConfig, resolved, retriever: bool, names: list[str])
     """(AsyncLLM, its AsyncEngineArgs) for one engine config."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
-    from qrhead_vllm.integration.vllm.backend import engine_kwargs, prepare_engine_env
+    from qrhead_vllm.integration.vllm.engine_args import engine_env, engine_kwargs
 
     os.environ.update(cfg.env)  # before vLLM reads its env and spawns the engine core
     overrides = cfg.vllm_overrides()
-    if retriever:
-        prepare_engine_env()
-        dtype = overrides.pop("dtype", cfg.dtype)
-        kwargs = engine_kwargs(resolved.path, dtype, **overrides)
-    else:  # a plain generator: vLLM's own defaults (CUDA graphs etc.) unless configured
-        kwargs = {"model": resolved.path, **overrides}
+    dtype = overrides.pop("dtype", cfg.dtype)
+    # A plain generator keeps vLLM's own defaults (CUDA graphs etc.) unless configured; every
+    # engine on CPU is sized by what it needs (integration/vllm/memory.py).
+    kwargs = engine_kwargs(resolved.path, dtype, qrhead=retriever,
+                           kv_cache_sequences=cfg.kv_cache_sequences, **overrides)
     kwargs["served_model_name"] = names
     engine_args = AsyncEngineArgs(**kwargs)
-    return AsyncLLM.from_engine_args(engine_args), engine_args
+    with engine_env(cfg.tensor_parallel_size, qrhead=retriever):
+        return AsyncLLM.from_engine_args(engine_args), engine_args
 
 
 class QRHeadEngine:
@@ -66,7 +66,7 @@ class QRHeadEngine:
         self.retriever = self.app = None
         if is_retriever:
             from qrhead_vllm.integration.vllm.backend import AsyncVLLMBackend
-            from serve.retriever import Retriever
+            from qrhead_vllm.serve.retriever import Retriever
             backend = AsyncVLLMBackend(self.engine, resolved.path, resolved.model_id)
             self.retriever = Retriever(cfg, backend, self.names)
         if "generator" in self.roles:
@@ -79,7 +79,7 @@ class QRHeadEngine:
 
     async def openai(self, method: str, path: str, query: str, headers: list[tuple[str, str]],
                      body: bytes) -> AsyncIterator[dict[str, Any] | bytes]:
-        """Streamed: one HTTP request through vLLM's OpenAI app (see serve.generator)."""
+        """Streamed: one HTTP request through vLLM's OpenAI app (see qrhead_vllm.serve.generator)."""
         if self.app is None:
             raise APIError(404, f"{path} is served by the generator; this engine only scores")
         async for item in call_asgi(self.app, method, path, query, headers, body):

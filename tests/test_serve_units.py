@@ -4,7 +4,6 @@ against a fake upstream, and the ASGI bridge to vLLM's app."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import httpx
@@ -13,18 +12,16 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-# The editable install predates serve/ (it maps only qrhead_vllm): make the checkout importable.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qrhead_vllm.errors import ContextOverflowError  # noqa: E402
-from serve.answer import split_context  # noqa: E402
-from serve.args import QRHeadServeConfig  # noqa: E402
-from serve.builder import load_config  # noqa: E402
-from serve.errors import APIError  # noqa: E402
-from serve.generator import call_asgi  # noqa: E402
-from serve.ingress import build_ingress_app  # noqa: E402
-from serve.rerank import parse_rerank  # noqa: E402
-from serve.windows import pack_windows  # noqa: E402
+from qrhead_vllm.errors import ContextOverflowError
+from qrhead_vllm.serve.answer import split_context
+from qrhead_vllm.serve.args import QRHeadServeConfig
+from qrhead_vllm.serve.builder import load_config
+from qrhead_vllm.serve.errors import APIError
+from qrhead_vllm.serve.generator import call_asgi
+from qrhead_vllm.serve.ingress import build_ingress_app
+from qrhead_vllm.serve.rerank import parse_rerank
+from qrhead_vllm.serve.windows import pack_windows
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "serve"
 
@@ -47,6 +44,17 @@ def test_config_overrides_and_errors():
         QRHeadServeConfig.model_validate({"retriever": {"not_a_field": 1}})
     with pytest.raises(ValidationError, match="rescore_candidates"):
         QRHeadServeConfig.model_validate({"rag": {"top_k": 5, "rescore_candidates": 2}})
+
+
+@pytest.mark.parametrize("retriever,message", [
+    ({"pipeline_parallel_size": 2}, "pipeline_parallel_size must be 1"),
+    ({"engine_args": {"kv_cache_dtype": "fp8"}}, "kv_cache_dtype must be 'auto'"),
+])
+def test_unscorable_retriever_configs_are_refused(retriever, message):
+    with pytest.raises(ValidationError, match=message):
+        QRHeadServeConfig.model_validate({"retriever": retriever})
+    # A separate generator may use them: only the scoring engine is constrained.
+    QRHeadServeConfig.model_validate({"generator": retriever})
 
 
 def test_every_config_field_is_described():

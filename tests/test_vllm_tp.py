@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from qrhead_vllm.integration.vllm.backend import cpu_thread_binding
+from qrhead_vllm.integration.vllm.engine_args import cpu_thread_binding
 from qrhead_vllm.ranker import QRHeadRanker
 
 HEADS = [(0, 1), (4, 3), (5, 0), (5, 2), (11, 2), (17, 1)]  # ranks 0 and 1; layers 0/4 slide

@@ -9,7 +9,6 @@ prefix in the prefix cache and computes only the suffix.
 
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Any, Sequence
 
@@ -17,43 +16,11 @@ import torch
 
 from qrhead_vllm.backends import MassRequest, MassResult
 from qrhead_vllm.core import ScoringPrompt
-from qrhead_vllm.errors import EngineCompatibilityError
+from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.heads import ModelFacts
-from qrhead_vllm.integration.vllm import WORKER_EXTENSION
+from qrhead_vllm.integration.vllm.engine_args import engine_env, engine_kwargs
 from qrhead_vllm.integration.vllm.request_spec import RequestSpec
 from qrhead_vllm.integration.vllm.worker_ext import decode_rows
-
-ENGINE_DEFAULTS = {"enforce_eager": True, "enable_prefix_caching": True}
-
-
-def cpu_thread_binding(tensor_parallel_size: int = 1, cpus: int | None = None) -> str:
-    """``VLLM_CPU_OMP_THREADS_BIND`` giving each TP rank its own share of the cores
-    ("0-1" for one rank on 2 cores, "0|1" for two)."""
-    cpus = cpus or os.cpu_count() or 1
-    per_rank = max(cpus // tensor_parallel_size, 1)
-    groups = [(r * per_rank, min((r + 1) * per_rank, cpus) - 1) for r in range(tensor_parallel_size)]
-    return "|".join(f"{a}-{b}" if b > a else str(a) for a, b in groups)
-
-
-def prepare_engine_env(tensor_parallel_size: int = 1) -> None:
-    """Environment every engine we start needs: QRHead on, and on CPU every core used (vLLM's
-    CPU default reserves one of two cores for the front end, halving prefill speed)."""
-    os.environ["QRHEAD_ENABLED"] = "1"
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_thread_binding(tensor_parallel_size))
-    from qrhead_vllm.plugin import register
-    register()  # this process may have loaded vLLM's plugins before QRHEAD_ENABLED was set
-
-
-def engine_kwargs(model_path: str, dtype: str, **overrides: Any) -> dict[str, Any]:
-    """Engine arguments with our defaults; anything the caller passes wins."""
-    defaults = dict(ENGINE_DEFAULTS)
-    if not torch.cuda.is_available():
-        # On CPU this fraction reserves *host* memory for weights + KV cache; vLLM's 0.92
-        # default refuses to start on a shared 24 GiB box. QRHEAD_CPU_MEMORY_FRACTION overrides.
-        defaults["gpu_memory_utilization"] = float(os.environ.get("QRHEAD_CPU_MEMORY_FRACTION",
-                                                                  "0.25"))
-    return {"model": model_path, "dtype": dtype, "worker_extension_cls": WORKER_EXTENSION,
-            **defaults, **overrides}
 
 
 def scoring_request(prompt: ScoringPrompt, heads) -> tuple[dict, Any, str]:
@@ -69,7 +36,8 @@ def merge_worker_results(replies: Sequence[dict], key: str, num_heads: int) -> t
     """Each TP rank returns rows for its own heads; put them back in the caller's order.
 
     Raises:
-        EngineCompatibilityError: a rank reported a capture error (e.g. the KV self-check).
+        CaptureError: a rank reported a capture error (e.g. the KV self-check, a layer never
+            captured) or no rank returned the request's heads.
     """
     out, seen = None, 0
     for reply in replies:
@@ -77,14 +45,14 @@ def merge_worker_results(replies: Sequence[dict], key: str, num_heads: int) -> t
         if res is None:
             continue
         if res["error"]:
-            raise EngineCompatibilityError(f"QRHead capture failed: {res['error']}")
+            raise CaptureError(f"QRHead capture failed: {res['error']}")
         rows = decode_rows(res["rows"])  # see worker_ext: tensors do not survive msgpack
         if out is None:
             out = torch.zeros(num_heads, rows.shape[1])
         out[res["index"]] = rows
         seen += len(res["index"])
     if out is None or seen != num_heads:
-        raise EngineCompatibilityError(
+        raise CaptureError(
             f"QRHead capture for request {key} is missing ({seen}/{num_heads} heads returned); "
             "is the engine running with QRHEAD_ENABLED=1 and the qrhead worker extension?")
     return out
@@ -108,9 +76,10 @@ class VLLMBackend(_ModelInfo):
 
     def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
                  **overrides: Any):
-        prepare_engine_env(overrides.get("tensor_parallel_size", 1))
         from vllm import LLM
-        self.llm = LLM(**engine_kwargs(model_path, dtype, **overrides))
+        kwargs = engine_kwargs(model_path, dtype, **overrides)
+        with engine_env(kwargs.get("tensor_parallel_size", 1)):
+            self.llm = LLM(**kwargs)
         self._init_model_info(model_path, model_id or model_path,
                               self.llm.llm_engine.model_config)
 
@@ -159,11 +128,12 @@ class AsyncVLLMBackend(_ModelInfo):
     def start(cls, model_path: str, model_id: str | None = None, dtype: str = "float32",
               **overrides: Any) -> "AsyncVLLMBackend":
         """Start an AsyncLLM with the QRHead hook (call inside the event loop that will use it)."""
-        prepare_engine_env(overrides.get("tensor_parallel_size", 1))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
         args = AsyncEngineArgs(**engine_kwargs(model_path, dtype, **overrides))
-        return cls(AsyncLLM.from_engine_args(args), model_path, model_id)
+        with engine_env(args.tensor_parallel_size):
+            engine = AsyncLLM.from_engine_args(args)
+        return cls(engine, model_path, model_id)
 
     async def attention_mass_async(self, req: MassRequest) -> MassResult:
         keys: list[str] = []

@@ -1,0 +1,122 @@
+"""Arguments and environment of the vLLM engines we start (Python API, Serve app, benches).
+
+One function sizes every engine (``engine_kwargs``) and one context manager sets the
+environment vLLM's processes inherit at spawn (``engine_env``), so the caller's own process is
+left as it was once the engine is up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, Iterator
+
+from qrhead_vllm import envs
+from qrhead_vllm.errors import EngineCompatibilityError
+from qrhead_vllm.integration.vllm import WORKER_EXTENSION
+from qrhead_vllm.integration.vllm.memory import DEFAULT_KV_CACHE_SEQUENCES, plan_for_engine
+
+logger = logging.getLogger(__name__)
+ENGINE_DEFAULTS = {"enforce_eager": True, "enable_prefix_caching": True}
+THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def cpu_thread_binding(tensor_parallel_size: int = 1, cpus: int | None = None) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` giving each TP rank its own share of the cores
+    ("0-1" for one rank on 2 cores, "0|1" for two)."""
+    cpus = cpus or os.cpu_count() or 1
+    per_rank = max(cpus // tensor_parallel_size, 1)
+    groups = [(r * per_rank, min((r + 1) * per_rank, cpus) - 1) for r in range(tensor_parallel_size)]
+    return "|".join(f"{a}-{b}" if b > a else str(a) for a, b in groups)
+
+
+@contextlib.contextmanager
+def engine_env(tensor_parallel_size: int = 1, qrhead: bool = True) -> Iterator[None]:
+    """The environment an engine's processes inherit, set only while it starts.
+
+    QRHead on (``QRHEAD_ENABLED=1``) for hooked engines, and on CPU every core used by the
+    worker(s) (vLLM's CPU default reserves one of two cores for the front end, halving prefill
+    speed). The variables are restored on exit: the caller's process is not left with the plugin
+    switched on for engines it starts later.
+    """
+    wanted = {THREADS_BIND: os.environ.get(THREADS_BIND)
+              or cpu_thread_binding(tensor_parallel_size)}
+    if qrhead:
+        wanted[envs.ENABLED] = "1"
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        if qrhead:  # an in-process engine core uses this process's patches
+            from qrhead_vllm.plugin import register
+            register()
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def on_cpu() -> bool:
+    import torch
+    return not torch.cuda.is_available()
+
+
+def engine_kwargs(model_path: str, dtype: str, *, qrhead: bool = True,
+                  kv_cache_sequences: int = DEFAULT_KV_CACHE_SEQUENCES,
+                  **overrides: Any) -> dict[str, Any]:
+    """Engine arguments with our defaults; anything the caller passes wins.
+
+    On CPU the KV cache is sized from the model and the context (:mod:`.memory`), unless the
+    caller set ``kv_cache_memory_bytes`` or ``gpu_memory_utilization`` explicitly.
+
+    Raises:
+        InsufficientMemoryError: the engine would not fit this machine (before it starts).
+    """
+    kwargs: dict[str, Any] = {"model": model_path, "dtype": dtype}
+    if qrhead:
+        kwargs.update(ENGINE_DEFAULTS, worker_extension_cls=WORKER_EXTENSION)
+    kwargs.update(overrides)
+    if qrhead:
+        check_scoring_engine(kwargs)
+    sized = "kv_cache_memory_bytes" in overrides or "gpu_memory_utilization" in overrides
+    if on_cpu() and not sized:
+        kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(
+            model_path, dtype, kwargs.get("max_model_len"), kv_cache_sequences)
+    return kwargs
+
+
+def check_scoring_engine(kwargs: dict[str, Any]) -> None:
+    """Refuse, before anything starts, engine shapes the capture cannot score exactly (the
+    worker checks again at start-up, for engines configured some other way).
+
+    Raises:
+        EngineCompatibilityError: pipeline parallelism or a quantised KV cache.
+    """
+    pp = kwargs.get("pipeline_parallel_size") or 1
+    if pp > 1:
+        raise EngineCompatibilityError(
+            f"qrhead-vllm does not support pipeline_parallel_size={pp} for a scoring engine "
+            "(a request's heads would live on several stages); use tensor_parallel_size")
+    kv_dtype = kwargs.get("kv_cache_dtype") or "auto"
+    if kv_dtype != "auto":
+        raise EngineCompatibilityError(
+            f"qrhead-vllm cannot score from a {kv_dtype} KV cache (its keys are quantised); "
+            "use kv_cache_dtype=auto")
+
+
+def cpu_kv_cache_bytes(model_path: str, dtype: str, max_model_len: int | None,
+                       kv_cache_sequences: int) -> int:
+    """The KV budget of a CPU engine, after checking the whole engine fits its NUMA node."""
+    from transformers import AutoConfig
+
+    from qrhead_vllm.heads import ModelFacts
+    config = AutoConfig.from_pretrained(model_path)
+    text = getattr(config, "text_config", None) or config
+    facts = ModelFacts.from_hf_config(config, model_path)
+    plan = plan_for_engine(model_path, facts, dtype, max_model_len or text.max_position_embeddings,
+                           kv_cache_sequences)
+    logger.info("qrhead-vllm engine memory: %s", plan.describe())
+    return plan.kv_cache_bytes

@@ -1,0 +1,130 @@
+"""Sizing a CPU engine by what it needs, not by a fraction of whatever box it lands on.
+
+On CPU, vLLM reads ``gpu_memory_utilization`` as a fraction of the NUMA node's *total* memory
+and gives the KV cache what is left of it after the weights: a fraction that works on one box
+leaves a negative KV budget on a box whose node is smaller (issue 9: 0.12 × 11.96 GiB < 1.7 GiB
+of weights and activations). vLLM 0.32's supported alternative is the ``kv_cache_memory_bytes``
+engine argument (``VLLM_CPU_KVCACHE_SPACE`` is its legacy, whole-GiB form): an explicit KV
+budget. We derive it from the model and the context, and check the whole need against the
+memory vLLM reports for the node before the engine starts, so a box that cannot fit the engine
+fails with the numbers and the knob to turn instead of vLLM's negative-budget error.
+
+    need = weights + KV cache (kv_cache_sequences × max_model_len tokens, whole blocks) + headroom
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from qrhead_vllm.errors import InsufficientMemoryError
+from qrhead_vllm.heads import ModelFacts
+
+GiB = 2**30
+CPU_BLOCK_SIZE = 128            # vLLM's CPU attention block size (tokens)
+HEADROOM_BYTES = GiB            # activations of one prefill step, allocator slack, the runtime
+# Full-length sequences the KV cache holds at once: one scoring prompt of max_model_len and its
+# null twin (which shares all but the query span). Servers that batch raise it.
+DEFAULT_KV_CACHE_SEQUENCES = 2
+DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
+
+
+def dtype_bytes(dtype: str) -> int:
+    try:
+        return DTYPE_BYTES[str(dtype).removeprefix("torch.")]
+    except KeyError:
+        raise InsufficientMemoryError(f"cannot size an engine of dtype {dtype!r}; use one of "
+                                      f"{sorted(DTYPE_BYTES)}") from None
+
+
+def kv_bytes_per_token(facts: ModelFacts, dtype: str) -> int:
+    """Keys and values of every layer for one token (full attention assumed for every layer,
+    which over-provisions sliding-window models a little: safe)."""
+    return 2 * facts.num_layers * facts.num_kv_heads * facts.head_dim * dtype_bytes(dtype)
+
+
+def weight_bytes(model_path: str, dtype: str) -> int | None:
+    """Weights in ``dtype``: the safetensors files' size rescaled from their stored dtype, or
+    None when the model is not a local directory (a hub id: nothing to measure)."""
+    path = Path(model_path)
+    files = list(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files:
+        return None
+    config = json.loads((path / "config.json").read_text())
+    stored = config.get("torch_dtype") or config.get("dtype") or "float32"
+    size = sum(f.stat().st_size for f in files)
+    return size * dtype_bytes(dtype) // dtype_bytes(stored)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What one CPU engine needs, against what its NUMA node has available."""
+
+    kv_cache_bytes: int
+    weights_bytes: int
+    headroom_bytes: int
+    available_bytes: int
+    node: int
+    max_model_len: int
+    kv_cache_sequences: int
+
+    @property
+    def need_bytes(self) -> int:
+        return self.kv_cache_bytes + self.weights_bytes + self.headroom_bytes
+
+    def describe(self) -> str:
+        g = lambda b: f"{b / GiB:.2f} GiB"  # noqa: E731
+        return (f"weights {g(self.weights_bytes)} + KV cache {g(self.kv_cache_bytes)} "
+                f"({self.kv_cache_sequences} × {self.max_model_len} tokens) + headroom "
+                f"{g(self.headroom_bytes)} = {g(self.need_bytes)}; NUMA node {self.node} has "
+                f"{g(self.available_bytes)} available")
+
+
+def plan_cpu_memory(facts: ModelFacts, dtype: str, max_model_len: int, available_bytes: int,
+                    weights: int | None = None, kv_cache_sequences: int =
+                    DEFAULT_KV_CACHE_SEQUENCES, node: int = 0,
+                    block_size: int = CPU_BLOCK_SIZE) -> MemoryPlan:
+    """The KV budget for ``kv_cache_sequences`` full-length sequences, checked against the node.
+
+    Raises:
+        InsufficientMemoryError: the engine does not fit; the message names every number and
+            the knobs that shrink it.
+    """
+    if kv_cache_sequences < 1 or max_model_len < 1:
+        raise InsufficientMemoryError("kv_cache_sequences and max_model_len must be >= 1")
+    tokens = math.ceil(max_model_len / block_size) * block_size * kv_cache_sequences
+    plan = MemoryPlan(tokens * kv_bytes_per_token(facts, dtype), weights or 0, HEADROOM_BYTES,
+                      available_bytes, node, max_model_len, kv_cache_sequences)
+    if plan.need_bytes > available_bytes:
+        raise InsufficientMemoryError(
+            f"{facts.model_id} ({dtype}) does not fit this machine: {plan.describe()}. Lower "
+            "max_model_len or kv_cache_sequences, use dtype=bfloat16, free memory on the node, "
+            "or set kv_cache_memory_bytes yourself.")
+    return plan
+
+
+def node_of_binding(binding: str | None) -> int:
+    """NUMA node of the first CPU in a ``VLLM_CPU_OMP_THREADS_BIND`` value (0 if unknown)."""
+    try:
+        cpu = int(str(binding).replace("|", ",").replace("-", ",").split(",")[0])
+    except ValueError:
+        return 0
+    nodes = sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}").glob("node[0-9]*"))
+    return int(nodes[0].name[4:]) if nodes else 0
+
+
+def node_available_bytes(node: int) -> int:
+    """The available memory vLLM itself will check against (its NUMA and cgroup reading)."""
+    from vllm.utils.cpu_resource_utils import get_memory_node_info
+    return int(get_memory_node_info(node).available_memory)
+
+
+def plan_for_engine(model_path: str, facts: ModelFacts, dtype: str, max_model_len: int,
+                    kv_cache_sequences: int = DEFAULT_KV_CACHE_SEQUENCES) -> MemoryPlan:
+    """:func:`plan_cpu_memory` for an engine about to start in this process's environment."""
+    node = node_of_binding(os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
+    return plan_cpu_memory(facts, dtype, max_model_len, node_available_bytes(node),
+                           weight_bytes(model_path, dtype), kv_cache_sequences, node)
