@@ -21,10 +21,10 @@ def capture_bytes(shape, tokens: int, span: int, block_size: int, elem: int = 4)
 
     Per captured layer: the gather copies the layer's blocks once (the permute+reshape after
     it is a view); then ``span_attention_rows`` holds key positions (int64), the causal mask
-    (bool, n×T) and its output (H_sel×T), and loops over KV groups in ascending order: a group
-    of h heads allocates logits and softmax (h×n×T each) while the previous group's pair is
-    still bound to the loop variables, hence max(2·h_prev + h, h_prev + 2·h)×n×T floats.
-    Row sums of earlier layers (H_sel×T each) stay alive until the request ends.
+    (bool, n×T) and its output (H_sel×T), and loops over KV groups: a group of h heads holds
+    its logits and their softmax (h×n×T each) and frees both before the next group, hence
+    2·max(h)×n×T floats. Row sums of earlier layers (H_sel×T each) stay alive until the
+    request ends.
     """
     padded = -(-tokens // block_size) * block_size
     keys = padded * shape.num_kv_heads * shape.head_dim * elem
@@ -33,7 +33,7 @@ def capture_bytes(shape, tokens: int, span: int, block_size: int, elem: int = 4)
     for _, heads in sorted(shape.by_layer().items()):
         sizes = [sum(1 for x in heads if x // group == kv) for kv in sorted({x // group
                                                                             for x in heads})]
-        loop = max(max(2 * p + h, p + 2 * h) for p, h in zip([0] + sizes, sizes))
+        loop = 2 * max(sizes)
         rows = (8 + span + 4 * len(heads) + 4 * loop * span + 4 * max(sizes)) * tokens
         peak = max(peak, kept + keys + rows)
         kept += 4 * len(heads) * tokens

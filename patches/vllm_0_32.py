@@ -5,8 +5,9 @@
    metadata to the capture store.
 2. ``GPUModelRunner.execute_model`` (CPUModelRunner inherits it): mark step boundaries, so the
    store knows the batch layout and frees buffers of finished or aborted requests.
-3. ``GPUModelRunner.initialize_kv_cache``: check every attention layer's KV layout once the
-   backends are built, so an unknown layout fails at start-up.
+3. ``GPUModelRunner.initialize_kv_cache``: once the KV caches are bound, refuse engine shapes we
+   do not support (pipeline parallelism) and verify every attention layer (policy + a write /
+   read-back probe of its KV layout, ``kv_layout.verify_layer``), so they fail at start-up.
 4. ``find_longest_cache_hit`` of the KV-cache coordinators: cap a scoring request's prefix-cache
    hit at its query-span start. The span's queries are never cached, so a hit inside the span
    would lose rows; the documents before it are shared as usual (the null pass relies on it).
@@ -18,8 +19,9 @@ import contextvars
 import importlib
 import logging
 
+from qrhead_vllm.errors import EngineCompatibilityError
 from qrhead_vllm.integration.vllm.capture import STORE
-from qrhead_vllm.integration.vllm.kv_layout import key_view_for
+from qrhead_vllm.integration.vllm.kv_layout import verify_layer
 from qrhead_vllm.integration.vllm.request_spec import RequestSpec
 from qrhead_vllm.patches import wrap_method
 
@@ -70,12 +72,26 @@ def _execute_model_wrapper(original):
 def _initialize_kv_cache_wrapper(original):
     def initialize_kv_cache(self, kv_cache_config, *args, **kwargs):
         out = original(self, kv_cache_config, *args, **kwargs)
-        for layer in self.compilation_config.static_forward_context.values():
+        check_parallel_config(self.parallel_config)
+        from vllm.model_executor.models.utils import extract_layer_index
+        layers = {}
+        for name, layer in self.compilation_config.static_forward_context.items():
             impl = getattr(layer, "impl", None)
             if impl is not None and hasattr(layer, "kv_cache"):
-                key_view_for(impl, layer)  # raises EngineCompatibilityError on unknown layouts
+                # The index vLLM binds this layer's KV cache by; raises on what we cannot read.
+                layers[name] = (extract_layer_index(name), verify_layer(impl, layer))
+        STORE.set_layers(layers)
         return out
     return initialize_kv_cache
+
+
+def check_parallel_config(parallel_config) -> None:
+    """Refuse pipeline parallelism: a request's heads would live on several stages, and only
+    the last stage's results would come back (not supported yet: never a partial score)."""
+    if parallel_config.pipeline_parallel_size > 1:
+        raise EngineCompatibilityError(
+            f"qrhead-vllm does not support pipeline_parallel_size="
+            f"{parallel_config.pipeline_parallel_size}: use tensor parallelism for the retriever")
 
 
 def _patch_runner() -> None:

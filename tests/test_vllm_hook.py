@@ -118,7 +118,6 @@ def test_abort_mid_prefill_frees_the_buffer(vllm_ranker, reference, examples):
 
     from vllm import SamplingParams
 
-    from qrhead_vllm.core import Passage
     from qrhead_vllm.integration.vllm.backend import scoring_request
     # A ~2.7K-token prompt (all documents of two records) takes several 512-token chunks, so
     # the worker holds its accumulator across steps; abort it before the last chunk.

@@ -3,6 +3,7 @@ at start-up on an unsupported vLLM version or an unknown KV-cache layout."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -33,7 +34,12 @@ def test_unsupported_version_is_refused(monkeypatch):
     with pytest.raises(EngineCompatibilityError, match="supports vLLM .*0.32.*0.31.2 is installed"):
         check_vllm_version("0.31.2")
     monkeypatch.setenv("QRHEAD_SKIP_VERSION_CHECK", "1")
-    assert check_vllm_version("0.31.2") == "vllm_0_31"
+    # The escape hatch loads the nearest shipped hooks: an importable module, never a
+    # ModuleNotFoundError for a version we have no patch file for.
+    for version in ("0.31.2", "0.33.1", "1.0.0"):
+        module = check_vllm_version(version)
+        assert module == "vllm_0_32"
+        importlib.import_module(f"qrhead_vllm.patches.{module}")
 
 
 def test_wrap_method_checks_the_signature_and_patches_once():
@@ -97,16 +103,58 @@ def test_unsupported_version_fails_at_startup():
 
 
 @pytest.mark.slow
-def test_unknown_kv_layout_fails_at_startup():
-    # Pretend the CPU ISA in use ('vec') has a layout we never verified.
+def test_unverified_isa_fails_at_startup():
+    # Pretend the CPU ISA in use ('vec') is one we never verified.
     out = _run("""
         from qrhead_vllm.integration.vllm import kv_layout
-        kv_layout.CPU_KEY_VIEWS.clear()
+        del kv_layout.VERIFIED[("CPUAttentionBackendImpl", "vec")]
         from qrhead_vllm import QRHeadRanker
         try:
             QRHeadRanker("smollm2-135m", heads="all", backend="vllm", max_model_len=2048)
         except Exception as e:
             print("REFUSED:", type(e).__name__, e)
     """)
-    assert "REFUSED:" in out.stdout and "has not verified" in out.stdout, (
+    assert "REFUSED:" in out.stdout and "CPU attention ISA 'vec' is not verified" in out.stdout, (
         out.stdout[-2000:] + out.stderr[-3000:])
+
+
+@pytest.mark.slow
+def test_corrupted_layout_view_fails_the_startup_probe():
+    # A view that reads the keys transposed inside each block: the probe must catch it before
+    # any request is scored (the per-request self-check would only catch it per request).
+    out = _run("""
+        from qrhead_vllm.integration.vllm import kv_layout
+        good = kv_layout.cpu_vec_keys
+        def transposed(kv_cache):
+            nb, hkv, bs, two_d = kv_cache.shape
+            d = two_d // 2
+            keys = kv_cache.view(nb, hkv, 2 * bs * d)[:, :, : bs * d].view(nb, hkv, bs, d)
+            return keys.permute(0, 2, 1, 3)
+        kv_layout.VERIFIED[("CPUAttentionBackendImpl", "vec")] = transposed
+        from qrhead_vllm import QRHeadRanker
+        try:
+            QRHeadRanker("smollm2-135m", heads="all", backend="vllm", max_model_len=2048)
+        except Exception as e:
+            print("REFUSED:", type(e).__name__, e)
+    """)
+    assert "REFUSED:" in out.stdout and "KV layout probe failed" in out.stdout, (
+        out.stdout[-2000:] + out.stderr[-3000:])
+
+
+@pytest.mark.parametrize("engine_arg,message", [
+    ({"pipeline_parallel_size": 2}, "does not support pipeline_parallel_size=2"),
+    ({"kv_cache_dtype": "fp8"}, "cannot score from a fp8 KV cache"),
+])
+def test_unsupported_engine_shapes_are_refused_before_start(engine_arg, message):
+    from qrhead_vllm.integration.vllm.engine_args import engine_kwargs
+    with pytest.raises(EngineCompatibilityError, match=message):
+        engine_kwargs("unused-model-path", "float32", **engine_arg)
+
+
+def test_worker_refuses_pipeline_parallelism_at_kv_cache_init():
+    from types import SimpleNamespace
+
+    from qrhead_vllm.patches.vllm_0_32 import check_parallel_config
+    check_parallel_config(SimpleNamespace(pipeline_parallel_size=1))
+    with pytest.raises(EngineCompatibilityError, match="pipeline_parallel_size=4"):
+        check_parallel_config(SimpleNamespace(pipeline_parallel_size=4))

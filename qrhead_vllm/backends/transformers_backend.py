@@ -13,7 +13,7 @@ cropped to the query-span start and only the null suffix is fed (spec §2.2 step
 from __future__ import annotations
 
 import contextvars
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -22,11 +22,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from qrhead_vllm.backends import MassRequest, MassResult
-from qrhead_vllm.core import heads_by_layer, span_attention_rows
+from qrhead_vllm.core import SpanCapture, layer_heads
+from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.heads import ModelFacts
 
 ATTN_IMPL = "qrhead_sdpa"
-_capture: contextvars.ContextVar["_Capture | None"] = contextvars.ContextVar("qrhead_capture",
+_capture: contextvars.ContextVar["_Forward | None"] = contextvars.ContextVar("qrhead_capture",
                                                                               default=None)
 
 
@@ -35,41 +36,26 @@ class _StopForward(Exception):
 
 
 @dataclass
-class _Capture:
-    """Per-forward capture state: which heads of which layer, and where the span starts."""
+class _Forward:
+    """One forward pass's capture: the request's SpanCapture and where to stop."""
 
-    layer_heads: dict[int, list[int]]
-    span_start: int
-    num_tokens: int
+    capture: SpanCapture
     last_layer: int | None
-    rows: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [h, T] row sums
 
 
 def _qrhead_attention(module, query, key, value, attention_mask, **kwargs):
     """SDPA plus, when a capture is active, the selected heads' query-span rows."""
-    cap = _capture.get()
+    fwd = _capture.get()
     layer = getattr(module, "layer_idx", None)
-    if cap is not None and layer in cap.layer_heads:
-        _capture_rows(cap, module, layer, query, key, kwargs)
-        if layer == cap.last_layer:
+    if fwd is not None and layer in fwd.capture.layers:
+        cap = fwd.capture
+        offset, count = cap.span_slice()
+        rows = query[0].transpose(0, 1)[offset:offset + count]        # [n, H, D]
+        cap.add_layer(layer, rows, key[0], kwargs.get("scaling") or module.scaling,
+                      kwargs.get("sliding_window"), key_offset=cap.step_end - key.shape[2])
+        if layer == fwd.last_layer:
             raise _StopForward
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-def _capture_rows(cap: _Capture, module, layer: int, query, key, kwargs) -> None:
-    q_len, kv_len = query.shape[2], key.shape[2]
-    first_pos = cap.num_tokens - q_len                     # positions of this forward's tokens
-    start = max(cap.span_start - first_pos, 0)
-    heads = torch.tensor(cap.layer_heads[layer])
-    group = query.shape[1] // key.shape[1]
-    rows = span_attention_rows(
-        query[0, heads, start:].transpose(0, 1), key[0],
-        positions=torch.arange(first_pos + start, cap.num_tokens),
-        kv_head_of=heads // group, scale=kwargs.get("scaling") or module.scaling,
-        sliding_window=kwargs.get("sliding_window"), key_offset=cap.num_tokens - kv_len)
-    full = torch.zeros(len(heads), cap.num_tokens)
-    full[:, cap.num_tokens - kv_len:] = rows
-    cap.rows[layer] = full
 
 
 AttentionInterface.register(ATTN_IMPL, _qrhead_attention)
@@ -105,7 +91,6 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def _one(self, req: MassRequest) -> MassResult:
-        order = {h: i for i, h in enumerate(req.heads)}
         cache = DynamicCache()  # full (non-sliding) layers, so crop() works for every layer
         real = self._forward(req.real.token_ids, 0, req.real, cache, req.heads)
         null = None
@@ -114,14 +99,16 @@ class TransformersBackend:
             assert cache.get_seq_length() == req.real.query_start
             null = self._forward(req.null.token_ids[req.real.query_start:], req.real.query_start,
                                  req.null, cache, req.heads)
-        return MassResult(_ordered(real, order, req.real), _ordered(null, order, req.null)
-                          if null is not None else None)
+        return MassResult(real, null)
 
-    def _forward(self, ids, start: int, prompt, cache, heads) -> dict:
-        layer_heads = heads_by_layer(heads)
-        cap = _Capture(layer_heads, prompt.query_start, prompt.num_tokens,
-                       max(layer_heads) if self.early_exit else None)
-        token = _capture.set(cap)
+    def _forward(self, ids, start: int, prompt, cache, heads) -> torch.Tensor:
+        """Prefill ``ids`` (prompt positions ``start..``) and return the ``[len(heads), T]``
+        mean span rows in the caller's head order."""
+        f = self.facts
+        cap = SpanCapture(prompt.query_start, prompt.num_tokens,
+                          layer_heads(heads, f.num_heads, f.num_kv_heads))
+        cap.begin_step(start, len(ids))
+        token = _capture.set(_Forward(cap, max(cap.layers) if self.early_exit else None))
         try:
             x = torch.tensor([list(ids)], device=self.device)
             self.model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -129,13 +116,10 @@ class TransformersBackend:
             pass
         finally:
             _capture.reset(token)
-        return cap.rows
-
-
-def _ordered(rows: dict, order: dict, prompt) -> torch.Tensor:
-    """Layer-keyed row sums → ``[len(heads), T]`` in the caller's head order, divided by n_q."""
-    out = torch.empty(len(order), prompt.num_tokens)
-    for layer, heads in heads_by_layer(order).items():
-        for j, head in enumerate(heads):
-            out[order[(layer, head)]] = rows[layer][j]
-    return out / prompt.query_len
+        cap.end_step()
+        res = cap.result()
+        if res.error is not None:
+            raise CaptureError(f"reference port capture failed: {res.error}")
+        out = torch.empty_like(res.rows)
+        out[res.index] = res.rows
+        return out

@@ -1,6 +1,7 @@
 """Torch-only scoring core. Imports nothing from vllm, ray or transformers (a test enforces it)."""
 
 from qrhead_vllm.core.attention import gather_paged_keys, span_attention_rows
+from qrhead_vllm.core.capture import CaptureResult, LayerHeads, SpanCapture, layer_heads
 from qrhead_vllm.core.heads import Head, LocalHead, heads_by_layer, shard_heads
 from qrhead_vllm.core.prompt import (
     TEMPLATES, Passage, PromptTemplate, ScoringPrompt, build_scoring_prompts, truncate_words,
@@ -8,7 +9,8 @@ from qrhead_vllm.core.prompt import (
 from qrhead_vllm.core.scoring import calibrate, doc_scores, score_documents
 
 __all__ = [
-    "gather_paged_keys", "span_attention_rows", "Head", "LocalHead", "heads_by_layer",
+    "gather_paged_keys", "span_attention_rows", "CaptureResult", "LayerHeads", "SpanCapture",
+    "layer_heads", "Head", "LocalHead", "heads_by_layer",
     "shard_heads", "TEMPLATES", "Passage", "PromptTemplate", "ScoringPrompt",
     "build_scoring_prompts", "truncate_words", "calibrate", "doc_scores", "score_documents",
 ]

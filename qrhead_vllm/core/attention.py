@@ -12,6 +12,9 @@ view; other layouts are converted to a strided view of this shape by their integ
 
 from __future__ import annotations
 
+from itertools import groupby
+from typing import Sequence
+
 import torch
 
 
@@ -35,7 +38,7 @@ def gather_paged_keys(key_cache: torch.Tensor, block_table_row: torch.Tensor, se
 
 
 def span_attention_rows(query: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor,
-                        kv_head_of: torch.Tensor, scale: float,
+                        kv_head_of: Sequence[int], scale: float,
                         sliding_window: int | None = None, key_offset: int = 0) -> torch.Tensor:
     """Sum over query rows of each selected head's causal softmax attention row.
 
@@ -44,7 +47,9 @@ def span_attention_rows(query: torch.Tensor, keys: torch.Tensor, positions: torc
         keys: ``[H_kv, S, D]`` post-RoPE keys of positions ``key_offset..key_offset+S-1``, which
             must include every key a row can see.
         positions: ``[n]`` absolute positions of the query rows.
-        kv_head_of: ``[H_sel]`` index into ``keys``' first dim for each selected head (GQA).
+        kv_head_of: index into ``keys``' first dim for each selected head (GQA), as Python ints
+            (grouping them never waits on the device; heads sorted by KV head are sliced, not
+            gathered).
         scale: the layer's softmax scale (``1/sqrt(D)`` for most models).
         sliding_window: if set, a row at position p sees keys ``p-W+1..p`` only.
         key_offset: absolute position of ``keys[:, 0]`` (a sliding-window cache may drop old keys).
@@ -62,11 +67,23 @@ def span_attention_rows(query: torch.Tensor, keys: torch.Tensor, positions: torc
         hidden |= key_pos[None, :] <= pos[:, None] - sliding_window
     out = torch.empty(num_sel, num_keys, dtype=torch.float32, device=keys.device)
     # One matmul per KV head: the query heads that share it (GQA) never repeat the keys.
-    for kv in kv_head_of.unique().tolist():
-        sel = (kv_head_of == kv).nonzero().flatten()
+    for kv, sel in _kv_groups([int(k) for k in kv_head_of], keys.device):
         q = query[:, sel].float().mul(scale).transpose(0, 1)          # [h, n, D]
         logits = q @ keys[kv].float().T                                # [h, n, S]
         logits.masked_fill_(hidden, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        out[sel] = probs.sum(dim=1)
+        out[sel] = torch.softmax(logits, dim=-1).sum(dim=1)
+        del q, logits  # free this group's [h, n, S] before the next group's is allocated
     return out
+
+
+def _kv_groups(kv_head_of: list[int], device: torch.device):
+    """(kv head, selector of its query heads): a slice for contiguous runs, else an index."""
+    if all(a <= b for a, b in zip(kv_head_of, kv_head_of[1:])):
+        start = 0
+        for kv, run in groupby(kv_head_of):
+            n = len(list(run))
+            yield kv, slice(start, start + n)
+            start += n
+        return
+    for kv in sorted(set(kv_head_of)):
+        yield kv, torch.tensor([i for i, k in enumerate(kv_head_of) if k == kv], device=device)

