@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from test_core_attention import (GROUP, HEAD_DIM, NUM_HEADS, NUM_KV_HEADS, SCALE, dense_span_rows,
+from test_core_attention import (GROUP, NUM_HEADS, NUM_KV_HEADS, SCALE, dense_span_rows,
                                  random_qk)
 
 from qrhead_vllm.core import SpanCapture, layer_heads
