@@ -95,8 +95,10 @@ class QRHeadRanker:
 
     async def rank_async(self, query: str, docs: Any, doc_ids: Sequence[DocId] | None = None,
                          per_head: bool = False) -> RankedResults:
-        """Async :meth:`rank`: uses the backend's async path when it has one."""
-        docs_, req = self.prepare(query, docs, doc_ids)
+        """Async :meth:`rank`: uses the backend's async path when it has one. Tokenising and
+        prompt building run in a worker thread, off the caller's event loop (a server keeps
+        answering other requests while a long candidate list is tokenised)."""
+        docs_, req = await asyncio.to_thread(self.prepare, query, docs, doc_ids)
         if hasattr(self.backend, "attention_mass_async"):
             mass = await self.backend.attention_mass_async(req)
         else:

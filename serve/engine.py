@@ -3,9 +3,11 @@ or both (the CPU default: one SmolLM2 engine answers chat and scores documents).
 
 The engine is started inside the replica's event loop (AsyncLLM binds to it). With the retriever
 role it gets the QRHead hook: ``QRHEAD_ENABLED=1``, our worker extension and
-``VLLM_CPU_OMP_THREADS_BIND`` over all cores (``prepare_engine_env``). vLLM spawns its engine
-core and workers as child processes of this replica; :meth:`__del__` shuts them down when Serve
-stops the replica, so nothing outlives ``serve.shutdown()``.
+``VLLM_CPU_OMP_THREADS_BIND`` over this engine's cores (``engine_args.engine_env``, with the
+config's tensor_parallel_size); on CPU every engine is sized by what it needs
+(``engine_args.engine_kwargs``). vLLM spawns its engine core and workers as child processes of
+this replica; :meth:`__del__` shuts them down when Serve stops the replica, so nothing outlives
+``serve.shutdown()``.
 """
 
 from __future__ import annotations

@@ -85,6 +85,11 @@ def validation_message(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _too_deep() -> APIError:
+    return APIError(400, "request body nests JSON arrays/objects too deeply to parse; send a "
+                         "flat JSON object")
+
+
 def parse_json_body(raw: bytes, example: str) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 saying how the body should look."""
     try:
@@ -92,10 +97,24 @@ def parse_json_body(raw: bytes, example: str) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise APIError(400, f"request body is not valid JSON ({e}); send a JSON object such as "
                             f"{example}") from None
+    except RecursionError:      # [[[[...]]]]: the parser's recursion limit, not a server bug
+        raise _too_deep() from None
     if not isinstance(body, dict):
         raise APIError(400, f"request body must be a JSON object such as {example}, "
                             f"got a JSON {type(body).__name__}")
     return body
+
+
+def check_json_depth(raw: bytes) -> None:
+    """400 for a JSON body nested beyond the parser's recursion limit (bodies forwarded to
+    vLLM's app would otherwise fail there with a 500); other malformed JSON is left to the app
+    that owns the route, which answers it with its own 400."""
+    try:
+        json.loads(raw)
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:
+        pass
 
 
 def install_handlers(app: FastAPI) -> None:

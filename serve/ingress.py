@@ -21,11 +21,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
-from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body, parse_answer,
-                          passages_event, request_passages)
+from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body,
+                                     parse_answer, passages_event, request_passages)
 from qrhead_vllm.serve.args import QRHeadServeConfig
-from qrhead_vllm.serve.errors import (APIError, BodySizeLimit, install_handlers, parse_json_body,
-                          to_api_error)
+from qrhead_vllm.serve.errors import (APIError, BodySizeLimit, check_json_depth,
+                                     install_handlers, parse_json_body, to_api_error)
 from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, parse_rerank
 
 RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
@@ -121,10 +121,13 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig) -> FastAPI:
 
     @app.api_route("/{path:path}", methods=PROXY_METHODS)
     async def forward(path: str, request: Request) -> Response:
+        body = await request.body()
+        if body and "json" in request.headers.get("content-type", ""):
+            check_json_depth(body)
         headers = [(k, v) for k, v in request.headers.items()
                    if k.lower() not in SKIP_REQUEST_HEADERS]
         start, chunks = await upstream.open(request.method, "/" + path, request.url.query,
-                                            headers, await request.body())
+                                            headers, body)
         return StreamingResponse(chunks, status_code=start["status"],
                                  headers=dict(start["headers"]))
 

@@ -7,6 +7,7 @@ requests that vLLM batches with whatever else the engine is doing (chat, on the 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from qrhead_vllm.errors import ContextOverflowError
@@ -77,7 +78,7 @@ class Retriever:
             ext["windows"] = scored.num_windows
             return rerank_response(req, scored.results, model, scored.prompt_tokens, ext)
         try:
-            _, mass_req = ranker.prepare(req.query, docs)
+            _, mass_req = await asyncio.to_thread(ranker.prepare, req.query, docs)  # off the loop
         except ContextOverflowError as e:
             raise APIError(400, f"{e}; or send \"qrhead\": {{\"windowed\": true}} to score "
                                 "them in windows (window scores are only approximately "

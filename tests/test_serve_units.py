@@ -142,6 +142,13 @@ async def _ingress_routes_and_error_shape():
     assert upstream.calls[-1][0] == "retrieve" and len(upstream.calls[-1][1][1]) == 2
     proxied = await client.get("/v1/models")
     assert proxied.status_code == 200 and proxied.json()["model"] == "m"
+    deep = b"[" * 100_000 + b"]" * 100_000            # RecursionError in json.loads
+    cfg_big = QRHeadServeConfig.model_validate({"http": {"max_request_bytes": 10**6}})
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_ingress_app(
+        upstream, cfg_big)), base_url="http://t")
+    for path in ("/v1/rerank", "/v1/answer", "/v1/chat/completions"):
+        r = await client.post(path, content=deep, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "too deeply" in r.json()["error"]["message"], (path, r.text)
 
 
 def test_call_asgi_streams_and_cancels():
