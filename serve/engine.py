@@ -50,8 +50,12 @@ def start_engine(cfg: EngineConfig, resolved, retriever: bool, names: list[str])
                            kv_cache_sequences=cfg.kv_cache_sequences, **overrides)
     kwargs["served_model_name"] = names
     engine_args = AsyncEngineArgs(**kwargs)
+    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
     with engine_env(cfg.tensor_parallel_size, qrhead=retriever):
-        return AsyncLLM.from_engine_args(engine_args), engine_args
+        # vLLM's metrics through Ray's metrics agent, beside Ray Serve's and QRHead's (the
+        # way Ray Serve LLM starts its engines); GET /metrics shows all of them.
+        engine = AsyncLLM.from_engine_args(engine_args, stat_loggers=[RayPrometheusStatLogger])
+    return engine, engine_args
 
 
 class QRHeadEngine:

@@ -5,6 +5,8 @@ Routes:
 * ``POST /v1/rerank``, ``/rerank``, ``/v2/rerank`` → the retriever (serve/rerank.py format);
 * ``POST /v1/answer`` → retriever, then generator (serve/answer.py);
 * ``GET /health`` → 200 once the app is up;
+* ``GET /metrics`` → the cluster's Prometheus metrics: Ray Serve's, vLLM's and QRHead's
+  (serve/metrics.py);
 * anything else (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/tokenize``,
   ...) is forwarded unchanged to the generator deployment, where vLLM's own app handles it.
 
@@ -26,6 +28,7 @@ from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.errors import (APIError, BodySizeLimit, check_json_depth,
                                      install_handlers, parse_json_body, to_api_error)
+from qrhead_vllm.serve.metrics import CONTENT_TYPE, cluster_metrics
 from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, parse_rerank
 
 RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
@@ -77,7 +80,8 @@ async def _collect(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([c async for c in chunks])
 
 
-def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig) -> FastAPI:
+def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
+                      metrics_text=cluster_metrics) -> FastAPI:
     """The ingress FastAPI app (a plain function so tests can run it without Ray)."""
     app = FastAPI(title="qrhead-vllm", docs_url=None, redoc_url=None)
     install_handlers(app)
@@ -86,6 +90,10 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(await metrics_text(), media_type=CONTENT_TYPE)
 
     async def rerank(request: Request) -> JSONResponse:
         req = parse_rerank(parse_json_body(await request.body(), RERANK_EXAMPLE))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 
 import httpx
 import pytest
@@ -173,3 +174,28 @@ def test_answer_over_long_context_cites_gold(serve_app, stream, hotpotqa_split,
     assert any(g in c for g in gold_texts for c in cited), (example.query, cited)
     assert [p["rank"] for p in passages] == [1, 2, 3]
     assert [p["score"] for p in passages] == sorted([p["score"] for p in passages], reverse=True)
+
+
+def _metric(text: str, name: str) -> float:
+    """Sum of a metric's samples over every label set (nodes, models)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+def test_metrics_endpoint_shows_qrhead_vllm_and_serve_metrics(serve_app):
+    before = httpx.get(f"{serve_app.url}/metrics", timeout=60).text
+    case = serve_app.cases[0]
+    r = post(serve_app, "/v1/rerank", {"query": case["query"], "documents": case["documents"]})
+    assert r.status_code == 200, r.text
+    want = _metric(before, "ray_qrhead_documents_scored_total") + len(case["documents"])
+    deadline = time.monotonic() + 120            # Ray's agent exports every few seconds
+    while True:
+        text = httpx.get(f"{serve_app.url}/metrics", timeout=60).text
+        if _metric(text, "ray_qrhead_documents_scored_total") >= want:
+            break
+        assert time.monotonic() < deadline, "QRHead counters did not move after a rerank"
+        time.sleep(2)
+    assert _metric(text, "ray_qrhead_scoring_requests_total") >= 1
+    assert _metric(text, "ray_qrhead_capture_seconds_count") >= 1
+    assert "ray_vllm_" in text, "vLLM's engine metrics are missing from /metrics"
+    assert "ray_serve_" in text, "Ray Serve's metrics are missing from /metrics"

@@ -20,6 +20,7 @@ from qrhead_vllm.serve.builder import load_config
 from qrhead_vllm.serve.errors import APIError
 from qrhead_vllm.serve.generator import call_asgi
 from qrhead_vllm.serve.ingress import build_ingress_app
+from qrhead_vllm.serve.metrics import merge_expositions
 from qrhead_vllm.serve.rerank import parse_rerank
 from qrhead_vllm.serve.windows import pack_windows
 
@@ -120,7 +121,11 @@ def test_ingress_routes_and_error_shape():
 async def _ingress_routes_and_error_shape():
     cfg = QRHeadServeConfig.model_validate({"http": {"max_request_bytes": 1000}})
     upstream = FakeUpstream()
-    app = build_ingress_app(upstream, cfg)
+
+    async def metrics_text():
+        return "# TYPE ray_qrhead_documents_scored_total counter\n"
+
+    app = build_ingress_app(upstream, cfg, metrics_text)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
     for path in ("/v1/rerank", "/rerank", "/v2/rerank"):
         r = await client.post(path, json={"query": "q", "documents": ["d"]})
@@ -140,6 +145,9 @@ async def _ingress_routes_and_error_shape():
     answer = await client.post("/v1/answer", json={"question": "q", "context": "a\n\nb"})
     assert answer.status_code == 200 and answer.json()["answer"] == "A"
     assert upstream.calls[-1][0] == "retrieve" and len(upstream.calls[-1][1][1]) == 2
+    scraped = await client.get("/metrics")          # ours, not forwarded to vLLM's app
+    assert scraped.status_code == 200 and "qrhead_documents_scored" in scraped.text
+    assert scraped.headers["content-type"].startswith("text/plain")
     proxied = await client.get("/v1/models")
     assert proxied.status_code == 200 and proxied.json()["model"] == "m"
     deep = b"[" * 100_000 + b"]" * 100_000            # RecursionError in json.loads
@@ -149,6 +157,13 @@ async def _ingress_routes_and_error_shape():
     for path in ("/v1/rerank", "/v1/answer", "/v1/chat/completions"):
         r = await client.post(path, content=deep, headers={"content-type": "application/json"})
         assert r.status_code == 400 and "too deeply" in r.json()["error"]["message"], (path, r.text)
+
+
+def test_metrics_of_several_nodes_merge_into_one_exposition():
+    a = "# HELP m x\n# TYPE m counter\nm{NodeAddress=\"a\"} 1\n"
+    b = "# HELP m x\n# TYPE m counter\nm{NodeAddress=\"b\"} 2\n"
+    assert merge_expositions([a, b]).splitlines() == [
+        "# HELP m x", "# TYPE m counter", 'm{NodeAddress="a"} 1', 'm{NodeAddress="b"} 2']
 
 
 def test_call_asgi_streams_and_cancels():

@@ -9,11 +9,13 @@ prefix in the prefix cache and computes only the suffix.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any, Sequence
 
 import torch
 
+from qrhead_vllm import metrics
 from qrhead_vllm.backends import MassRequest, MassResult
 from qrhead_vllm.core import ScoringPrompt
 from qrhead_vllm.errors import CaptureError
@@ -58,6 +60,28 @@ def merge_worker_results(replies: Sequence[dict], key: str, num_heads: int) -> t
     return out
 
 
+def finish_request(replies: Sequence[dict], req: MassRequest, real_key: str,
+                   null_key: str | None, null_hits: int | None, model: str,
+                   started: float) -> MassResult:
+    """One query's MassResult from the workers' replies, recorded in the QRHead metrics.
+
+    Raises:
+        CaptureError: as :func:`merge_worker_results` (counted in qrhead_capture_errors_total).
+    """
+    n = len(req.heads)
+    try:
+        real = merge_worker_results(replies, real_key, n)
+        null = merge_worker_results(replies, null_key, n) if null_key else None
+    except CaptureError:
+        metrics.record_capture_error(model)
+        raise
+    capture_s = sum(max((r[k].get("capture_s", 0.0) for r in replies if k in r), default=0.0)
+                    for k in (real_key, null_key) if k)   # ranks capture in parallel: max
+    metrics.record_scored(model, len(req.real.doc_spans), capture_s,
+                          time.perf_counter() - started)
+    return MassResult(real, null, null_hits)
+
+
 class _ModelInfo:
     """Tokenizer and config facts shared by both vLLM backends."""
 
@@ -84,18 +108,14 @@ class VLLMBackend(_ModelInfo):
                               self.llm.llm_engine.model_config)
 
     def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
+        started = time.perf_counter()
         real = self._prefill([(r.real, r.heads) for r in requests])
         nulls = [(i, r) for i, r in enumerate(requests) if r.null is not None]
         null = dict(zip([i for i, _ in nulls], self._prefill([(r.null, r.heads) for _, r in nulls])))
         keys = [k for k, _ in real] + [k for k, _ in null.values()]
         replies = self.llm.collective_rpc("qrhead_pop", args=(keys,))
-        out = []
-        for i, r in enumerate(requests):
-            n = len(r.heads)
-            null_mass = merge_worker_results(replies, null[i][0], n) if i in null else None
-            out.append(MassResult(merge_worker_results(replies, real[i][0], n), null_mass,
-                                  null[i][1] if i in null else None))
-        return out
+        return [finish_request(replies, r, real[i][0], *(null.get(i) or (None, None)),
+                               self.facts.model_id, started) for i, r in enumerate(requests)]
 
     def _prefill(self, items) -> list[tuple[str, int]]:
         """Prefill prompts together; returns (key, prefix-cache hit tokens) per prompt."""
@@ -136,7 +156,7 @@ class AsyncVLLMBackend(_ModelInfo):
         return cls(engine, model_path, model_id)
 
     async def attention_mass_async(self, req: MassRequest) -> MassResult:
-        keys: list[str] = []
+        started, keys = time.perf_counter(), []
         try:
             real_key, _ = await self._prefill(req.real, req.heads, keys)
             null_key, null_hits = (await self._prefill(req.null, req.heads, keys)
@@ -146,9 +166,8 @@ class AsyncVLLMBackend(_ModelInfo):
             if keys:  # cancelled or failed: drop whatever the workers finished for us
                 await self.engine.collective_rpc("qrhead_pop", args=(keys,))
             raise
-        n = len(req.heads)
-        null = merge_worker_results(replies, null_key, n) if null_key else None
-        return MassResult(merge_worker_results(replies, real_key, n), null, null_hits)
+        return finish_request(replies, req, real_key, null_key, null_hits, self.facts.model_id,
+                              started)
 
     async def _prefill(self, prompt: ScoringPrompt, heads, keys: list[str]) -> tuple[str, int]:
         """Run one capture-carrying prefill to completion (an abort propagates to vLLM)."""
