@@ -17,7 +17,7 @@ from qrhead_vllm.patches import wrap_method
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
     import os
-    # Engines started earlier in this test process set QRHEAD_ENABLED=1; start each probe clean.
+    # Each probe starts without the QRHEAD_* variables of this test process (some tests set them).
     base = {k: v for k, v in os.environ.items() if not k.startswith("QRHEAD_")}
     full_env = {**base, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **env}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
@@ -102,43 +102,44 @@ def test_unsupported_version_fails_at_startup():
     assert "REFUSED: qrhead-vllm supports vLLM" in out.stdout, out.stderr[-3000:]
 
 
-@pytest.mark.slow
-def test_unverified_isa_fails_at_startup():
-    # Pretend the CPU ISA in use ('vec') is one we never verified.
-    out = _run("""
-        from qrhead_vllm.integration.vllm import kv_layout
-        del kv_layout.VERIFIED[("CPUAttentionBackendImpl", "vec")]
+def _refusal_at_startup(setup: str) -> str:
+    """Run ``setup`` (which tampers with kv_layout), then start an in-process engine; returns
+    the refusal it printed (the assertion shows the engine's output when there was none)."""
+    out = _run(textwrap.dedent(setup) + textwrap.dedent("""
         from qrhead_vllm import QRHeadRanker
         try:
             QRHeadRanker("smollm2-135m", heads="all", backend="vllm", max_model_len=2048)
         except Exception as e:
             print("REFUSED:", type(e).__name__, e)
+    """))
+    assert "REFUSED:" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_unverified_isa_fails_at_startup():
+    # Pretend the CPU ISA in use ('vec') is one we never verified.
+    refusal = _refusal_at_startup("""
+        from qrhead_vllm.integration.vllm import kv_layout
+        del kv_layout.VERIFIED[("CPUAttentionBackendImpl", "vec")]
     """)
-    assert "REFUSED:" in out.stdout and "CPU attention ISA 'vec' is not verified" in out.stdout, (
-        out.stdout[-2000:] + out.stderr[-3000:])
+    assert "CPU attention ISA 'vec' is not verified" in refusal
 
 
 @pytest.mark.slow
 def test_corrupted_layout_view_fails_the_startup_probe():
     # A view that reads the keys transposed inside each block: the probe must catch it before
     # any request is scored (the per-request self-check would only catch it per request).
-    out = _run("""
+    refusal = _refusal_at_startup("""
         from qrhead_vllm.integration.vllm import kv_layout
-        good = kv_layout.cpu_vec_keys
         def transposed(kv_cache):
             nb, hkv, bs, two_d = kv_cache.shape
             d = two_d // 2
             keys = kv_cache.view(nb, hkv, 2 * bs * d)[:, :, : bs * d].view(nb, hkv, bs, d)
             return keys.permute(0, 2, 1, 3)
         kv_layout.VERIFIED[("CPUAttentionBackendImpl", "vec")] = transposed
-        from qrhead_vllm import QRHeadRanker
-        try:
-            QRHeadRanker("smollm2-135m", heads="all", backend="vllm", max_model_len=2048)
-        except Exception as e:
-            print("REFUSED:", type(e).__name__, e)
     """)
-    assert "REFUSED:" in out.stdout and "KV layout probe failed" in out.stdout, (
-        out.stdout[-2000:] + out.stderr[-3000:])
+    assert "KV layout probe failed" in refusal
 
 
 @pytest.mark.parametrize("engine_arg,message", [
