@@ -87,3 +87,12 @@ def install(module_name: str, module_globals: dict) -> None:
     module_globals["__getattr__"] = module_getattr(module_name)
     if not any(isinstance(f, StandInFinder) and module_name in f.roots for f in sys.meta_path):
         sys.meta_path.insert(0, StandInFinder((module_name,)))
+
+
+def recorded_calls() -> list[dict]:
+    """Every stand-in call recorded so far in ``$QRHEAD_STANDIN_LOG``, by any process."""
+    path = os.environ.get(LOG_ENV)
+    if not path or not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
