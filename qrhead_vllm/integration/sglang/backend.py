@@ -19,7 +19,8 @@ from typing import Any, Sequence
 from qrhead_vllm.backends import MassRequest, MassResult
 from qrhead_vllm.core import ScoringPrompt
 from qrhead_vllm.heads import ModelFacts
-from qrhead_vllm.integration.sglang.engine_args import engine_env, engine_kwargs
+from qrhead_vllm.errors import InsufficientMemoryError
+from qrhead_vllm.integration.sglang.engine_args import check_pool, engine_env, engine_kwargs
 from qrhead_vllm.integration.sglang.request_spec import RequestSpec, decode_result
 
 
@@ -36,12 +37,20 @@ def start_engine(model_path: str, dtype: str = "float32", qrhead: bool = True, *
 
     Raises:
         EngineCompatibilityError: unsupported SGLang version or engine shape (before start).
-        InsufficientMemoryError: it would not fit this machine (before start).
+        InsufficientMemoryError: it would not fit this machine (before start), or its KV pool
+            came out smaller than one context (after start; the engine is shut down).
     """
     with engine_env(qrhead):
         kwargs = engine_kwargs(model_path, dtype, qrhead=qrhead, **overrides)
         import sglang
-        return sglang.Engine(**kwargs)
+        engine = sglang.Engine(**kwargs)
+    if "max_total_tokens" not in overrides:      # we sized it: check it got what it needs
+        try:
+            check_pool(engine, int(engine.tokenizer_manager.context_len))
+        except InsufficientMemoryError:
+            engine.shutdown()
+            raise
+    return engine
 
 
 class SGLangBackend:

@@ -7,9 +7,10 @@ what it needs) and refuses, before anything starts, what the scheduler would ref
 Memory on CPU: SGLang budgets ``mem_fraction_static`` × (memory available at start-up) for
 weights + KV cache and fills the rest of it with KV slots unless ``max_total_tokens`` caps them.
 A fraction that fits one box starves or overcommits another, so, as for vLLM
-(``integration/vllm/memory.py``, whose pure functions we reuse), we derive both from the model
-and the context: ``max_total_tokens`` = ``kv_cache_sequences`` × context, and the fraction just
-large enough for weights + that KV cache + headroom, checked against the node first.
+(``integration/vllm/memory.py``, whose pure functions we reuse), the KV cache is sized by need:
+``max_total_tokens`` = ``kv_cache_sequences`` × context, after checking weights + that KV cache
++ headroom against the memory SGLang will see; the fraction is then only a ceiling
+(:data:`FRACTION`). :func:`check_pool` verifies after start-up that the pool holds a context.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ CPU_ENGINE = "SGLANG_USE_CPU_ENGINE"   # SGLang's CPU mode; read when sglang is 
 # the hook) and the plain KV pool (Gemma-style models default to the hybrid SWA pool).
 SCORING_DEFAULTS = {"disable_prefill_cuda_graph": True, "disable_hybrid_swa_memory": True}
 CPU_DEFAULTS = {"device": "cpu", "attention_backend": "torch_native"}  # x86 default needs AMX kernels
-MAX_FRACTION = 0.95
+# SGLang gives the KV cache (fraction x memory before load) - weights - whatever else the node
+# allocated meanwhile; a fraction cut to our need leaves a starved pool when another process
+# grows during start-up (seen on the shared test box: 134 tokens). The pool is capped by
+# max_total_tokens, so a generous fraction costs nothing: it only lets the cap be reached.
+FRACTION = 0.9
 
 
 def on_cpu() -> bool:
@@ -116,12 +121,26 @@ def cpu_memory_args(model_path: str, dtype: str, context_length: int | None,
         raise InsufficientMemoryError(f"{e} (SGLang: or pass mem_fraction_static and "
                                       "max_total_tokens yourself)") from None
     logger.info("qrhead-vllm SGLang engine memory: %s", plan.describe())
-    fraction = min(MAX_FRACTION, plan.need_bytes / available)
-    return {"max_total_tokens": context * kv_cache_sequences,
-            "mem_fraction_static": round(fraction + 0.005, 3)}
+    return {"max_total_tokens": context * kv_cache_sequences, "mem_fraction_static": FRACTION}
 
 
 def available_bytes() -> int:
     """The memory SGLang itself will budget from (free memory per NUMA node, cgroup-aware)."""
     from sglang.srt.utils.common import get_available_gpu_memory
     return int(get_available_gpu_memory("cpu", 0, empty_cache=False) * GiB)
+
+
+def check_pool(engine, context_length: int) -> None:
+    """Raise if the started engine's KV pool cannot hold one full-context request (SGLang
+    shrinks the pool silently when memory ran short during its start-up).
+
+    Raises:
+        InsufficientMemoryError: naming the pool size and the knobs.
+    """
+    limit = engine.tokenizer_manager.max_req_input_len
+    if limit is not None and limit < context_length - 8:
+        raise InsufficientMemoryError(
+            f"the SGLang engine's KV pool admits requests of {limit} tokens, not the "
+            f"{context_length} of its context: memory ran short while it started (another "
+            "process may have grown meanwhile). Free memory, lower max_model_len, or pass "
+            "mem_fraction_static / max_total_tokens yourself.")
