@@ -119,10 +119,10 @@ def test_unsupported_engine_shapes_are_refused_before_start(engine_arg, message)
 
 def _runner(**changes):
     """A model runner's start-up state as the checks read it (pure-function unit)."""
-    pool = SimpleNamespace(store_dtype=torch.float32, dtype=torch.float32, use_hnd=False,
-                           kv_cache_layout="nhd", is_quantized_kv_cache=False,
-                           requires_physical_write_loc=False)
-    pool.__class__ = type("MHATokenToKVPool", (SimpleNamespace,), {})
+    pool_class = type("MHATokenToKVPool", (SimpleNamespace,), {})   # checked by class name
+    pool = pool_class(store_dtype=torch.float32, dtype=torch.float32, use_hnd=False,
+                      kv_cache_layout="nhd", is_quantized_kv_cache=False,
+                      requires_physical_write_loc=False)
     runner = SimpleNamespace(server_args=SimpleNamespace(), prefill_cuda_graph_runner=None,
                              attn_backend=type("TorchNativeAttnBackend", (), {})(),
                              token_to_kv_pool=pool, is_hybrid_swa=False,
@@ -159,10 +159,10 @@ def test_memory_is_sized_by_need(monkeypatch, bundled_model_path):
     path = bundled_model_path("smollm2-135m")
     monkeypatch.setattr(engine_args, "available_bytes", lambda: 11 * 2**30)   # a ~11 GiB node
     args = engine_args.cpu_memory_args(path, "float32", 4096, 2)
-    assert args["max_total_tokens"] == 8192
-    # weights (0.5 GiB) + 8192 tokens x 90 KiB (0.7 GiB) + 1 GiB headroom, of 11 GiB
-    assert 0.15 < args["mem_fraction_static"] < 0.25
-    monkeypatch.setattr(engine_args, "available_bytes", lambda: 2**30)
+    # The pool is capped by need; the fraction is only the ceiling SGLang checks against.
+    assert args == {"max_total_tokens": 8192, "mem_fraction_static": engine_args.FRACTION}
+    # weights (0.5 GiB) + 8192 tokens x 90 KiB (0.7 GiB) + 1 GiB headroom > 2 GiB
+    monkeypatch.setattr(engine_args, "available_bytes", lambda: 2 * 2**30)
     with pytest.raises(InsufficientMemoryError, match="mem_fraction_static"):
         engine_args.cpu_memory_args(path, "float32", 4096, 2)
 
@@ -176,15 +176,12 @@ def test_scheduler_refusal_stops_the_engine_at_start():
         os.environ["QRHEAD_ENABLED"] = "1"
         import sglang
         from qrhead_vllm.models import resolve_model
-        try:
-            sglang.Engine(model_path=resolve_model("smollm2-135m").path, device="cpu",
-                          attention_backend="torch_native", dtype="float32",
-                          mem_fraction_static=0.3, max_total_tokens=2048, log_level="error")
-        except Exception as e:
-            print("ENGINE FAILED:", type(e).__name__)
-        else:
-            print("ENGINE STARTED")
+        sglang.Engine(model_path=resolve_model("smollm2-135m").path, device="cpu",
+                      attention_backend="torch_native", dtype="float32",
+                      mem_fraction_static=0.3, max_total_tokens=2048, log_level="error")
+        print("ENGINE STARTED")
     """, SGLANG_USE_HND_KVCACHE="1")
-    assert "ENGINE FAILED" in out.stdout, out.stdout[-2000:] + out.stderr[-3000:]
+    # The dying scheduler makes SGLang tear down its whole process tree, launcher included.
+    assert out.returncode != 0 and "ENGINE STARTED" not in out.stdout, out.stdout[-2000:]
     assert "qrhead-vllm cannot score on this SGLang engine: the hnd KV layout" in out.stderr, (
         out.stderr[-4000:])
