@@ -161,8 +161,8 @@ def test_memory_is_sized_by_need(monkeypatch, bundled_model_path):
     args = engine_args.cpu_memory_args(path, "float32", 4096, 2)
     # The pool is capped by need; the fraction is only the ceiling SGLang checks against.
     assert args == {"max_total_tokens": 8192, "mem_fraction_static": engine_args.FRACTION}
-    # weights (0.5 GiB) + 8192 tokens x 90 KiB (0.7 GiB) + 1 GiB headroom > 2 GiB
-    monkeypatch.setattr(engine_args, "available_bytes", lambda: 2 * 2**30)
+    # weights (0.5 GiB) + 8192 tokens x 45 KiB (0.35 GiB) + 1 GiB headroom > 1.5 GiB
+    monkeypatch.setattr(engine_args, "available_bytes", lambda: 3 * 2**29)
     with pytest.raises(InsufficientMemoryError, match="mem_fraction_static"):
         engine_args.cpu_memory_args(path, "float32", 4096, 2)
 
