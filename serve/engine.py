@@ -68,6 +68,10 @@ class QRHeadEngine:
             raise TypeError("the retriever role needs a RetrieverConfig")
         resolved = resolve_model(cfg.model)
         self.names = served_names(cfg, resolved.model_id)
+        self.engine = self.sglang = None
+        if cfg.engine == "sglang":
+            await self._init_sglang(cfg, resolved)
+            return
         self.engine, engine_args = start_engine(cfg, resolved, is_retriever, self.names)
         self.retriever = self.app = None
         if is_retriever:
@@ -79,15 +83,28 @@ class QRHeadEngine:
             self.app = await build_openai_app(self.engine, vllm_args(engine_args, self.names))
         logger.info("engine %s ready: roles=%s", self.names[0], self.roles)
 
+    async def _init_sglang(self, cfg: EngineConfig, resolved) -> None:
+        """The retriever role on an SGLang engine (see qrhead_vllm.serve.sglang_engine); the
+        generator role, if asked for, is not served: its routes answer 404 saying so."""
+        from qrhead_vllm.serve.retriever import Retriever
+        from qrhead_vllm.serve.sglang_engine import start_sglang_retriever
+        self.sglang = start_sglang_retriever(cfg, resolved)
+        self.retriever = Retriever(cfg, self.sglang, self.names)
+        self.app = None
+        logger.info("SGLang engine %s ready: retriever role", self.names[0])
+
     async def info(self) -> dict[str, Any]:
-        return {"names": self.names, "roles": self.roles,
-                "max_model_len": self.engine.model_config.max_model_len}
+        max_len = (self.sglang.max_model_len if self.sglang is not None
+                   else self.engine.model_config.max_model_len)
+        return {"names": self.names, "roles": self.roles, "max_model_len": max_len}
 
     async def openai(self, method: str, path: str, query: str, headers: list[tuple[str, str]],
                      body: bytes) -> AsyncIterator[dict[str, Any] | bytes]:
         """Streamed: one HTTP request through vLLM's OpenAI app (see qrhead_vllm.serve.generator)."""
         if self.app is None:
-            raise APIError(404, f"{path} is served by the generator; this engine only scores")
+            raise APIError(404, f"{path} is served by the generator; this engine only scores"
+                           + (" (an SGLang retriever: configure a vLLM generator for the "
+                              "OpenAI routes)" if self.sglang is not None else ""))
         async for item in call_asgi(self.app, method, path, query, headers, body):
             yield item
 
@@ -109,6 +126,9 @@ class QRHeadEngine:
 
     async def check_health(self) -> None:
         """Serve's health probe: an engine whose core died makes the replica restart."""
+        if self.sglang is not None:
+            await self.sglang.stats_async()      # a round trip to the scheduler
+            return
         await self.engine.check_health()
 
     def __del__(self):
@@ -116,6 +136,10 @@ class QRHeadEngine:
         if engine is not None:
             self.engine = None
             engine.shutdown()
+        backend = getattr(self, "sglang", None)
+        if backend is not None:
+            self.sglang = None
+            backend.close()
 
 
 QRHeadEngineDeployment = serve.deployment(QRHeadEngine, name="engine")

@@ -58,6 +58,18 @@ def test_unscorable_retriever_configs_are_refused(retriever, message):
     QRHeadServeConfig.model_validate({"generator": retriever})
 
 
+def test_sglang_retriever_config():
+    # retriever.engine: sglang maps the shared fields to SGLang's ServerArgs names; the
+    # generator role stays on vLLM (the app bridges vLLM's OpenAI server only).
+    cfg = load_config({"config": str(CONFIGS / "cpu.yaml"), "retriever.engine": "sglang",
+                       "retriever.engine_args": {"chunked_prefill_size": 512}})
+    assert cfg.retriever.sglang_overrides() == {"dtype": "float32", "context_length": 4096,
+                                                "tp_size": 1, "pp_size": 1,
+                                                "chunked_prefill_size": 512}
+    with pytest.raises(ValidationError, match="generator.engine must be 'vllm'"):
+        QRHeadServeConfig.model_validate({"generator": {"engine": "sglang"}})
+
+
 def test_every_config_field_is_described():
     def walk(model):
         for name, field in model.model_fields.items():

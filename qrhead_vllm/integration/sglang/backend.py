@@ -1,0 +1,137 @@
+"""QRHead scoring on SGLang: one backend over an offline ``sglang.Engine``, sync and async.
+
+A scoring request is an ordinary prefill (``max_new_tokens=1``) whose sampling params carry a
+:class:`RequestSpec` in ``custom_params``; the scheduler's hooks capture the selected heads and
+the result comes back in the request's own ``meta_info["qrhead"]``: no pull call, nothing left
+in the engine. The real prompts are prefilled first, their null twins ("N/A") after, so the
+null pass hits the documents' prefix in the radix cache and computes only the suffix.
+
+The engine's tokenizer manager binds to the event loop that first talks to it: use either the
+sync methods, or :meth:`SGLangBackend.attention_mass_async` from one event loop (the Serve
+replica's, or ``backend.engine.loop``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Sequence
+
+from qrhead_vllm.backends import MassRequest, MassResult
+from qrhead_vllm.core import ScoringPrompt
+from qrhead_vllm.heads import ModelFacts
+from qrhead_vllm.errors import InsufficientMemoryError
+from qrhead_vllm.integration.sglang.engine_args import check_pool, engine_env, engine_kwargs
+from qrhead_vllm.integration.sglang.request_spec import RequestSpec, decode_result
+
+
+def scoring_request(prompt: ScoringPrompt, heads) -> tuple[list[int], dict[str, Any], str]:
+    """(input ids, sampling params, request id) of one capture-carrying prefill."""
+    spec = RequestSpec(prompt.query_start, tuple(heads))
+    params = {"max_new_tokens": 1, "temperature": 0.0,
+              "custom_params": spec.to_custom_params()}
+    return list(prompt.token_ids), params, f"qrhead-{uuid.uuid4().hex}"
+
+
+def start_engine(model_path: str, dtype: str = "float32", qrhead: bool = True, **overrides):
+    """An ``sglang.Engine`` shaped and sized by :func:`engine_kwargs`, hooked when ``qrhead``.
+
+    Raises:
+        EngineCompatibilityError: unsupported SGLang version or engine shape (before start).
+        InsufficientMemoryError: it would not fit this machine (before start), or its KV pool
+            came out smaller than one context (after start; the engine is shut down).
+    """
+    with engine_env(qrhead):
+        kwargs = engine_kwargs(model_path, dtype, qrhead=qrhead, **overrides)
+        import sglang
+        engine = sglang.Engine(**kwargs)
+    if "max_total_tokens" not in overrides:      # we sized it: check it got what it needs
+        try:
+            check_pool(engine, int(engine.tokenizer_manager.context_len))
+        except InsufficientMemoryError:
+            engine.shutdown()
+            raise
+    return engine
+
+
+class SGLangBackend:
+    """Scoring backend on an SGLang engine (started here, or passed in already running)."""
+
+    def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
+                 engine=None, **overrides: Any):
+        from transformers import AutoConfig, AutoTokenizer
+        self.engine = engine or start_engine(model_path, dtype, **overrides)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # fast: char offsets
+        self.hf_config = AutoConfig.from_pretrained(model_path)
+        self.facts = ModelFacts.from_hf_config(self.hf_config, model_id or model_path)
+        self.max_model_len = int(self.engine.tokenizer_manager.context_len)
+        import sglang
+        self.engine_version = sglang.__version__
+
+    # --- sync: a batch of queries prefilled together ----------------------------------------
+    def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
+        real = self._prefill([(r.real, r.heads) for r in requests])
+        null_of = [i for i, r in enumerate(requests) if r.null is not None]
+        nulls = dict(zip(null_of, self._prefill([(requests[i].null, requests[i].heads)
+                                                 for i in null_of])))
+        out = []
+        for i, r in enumerate(requests):
+            null_rows, null_hits = nulls.get(i, (None, None))
+            out.append(MassResult(real[i][0], null_rows, null_hits))
+        return out
+
+    def _prefill(self, items) -> list[tuple[Any, int]]:
+        """Prefill prompts in one engine batch; (rows, radix-cache hit tokens) per prompt."""
+        if not items:
+            return []
+        reqs = [scoring_request(p, heads) for p, heads in items]
+        outs = self.engine.generate(input_ids=[ids for ids, _, _ in reqs],
+                                    sampling_params=[params for _, params, _ in reqs],
+                                    rid=[rid for _, _, rid in reqs])
+        return [_rows_and_hits(o, len(heads)) for o, (_, heads) in zip(outs, items)]
+
+    # --- async: one query; concurrent calls become concurrent engine requests ---------------
+    async def attention_mass_async(self, req: MassRequest) -> MassResult:
+        real, _ = await self._prefill_async(req.real, req.heads)
+        if req.null is None:
+            return MassResult(real, None)
+        null, hits = await self._prefill_async(req.null, req.heads)
+        return MassResult(real, null, hits)
+
+    async def _prefill_async(self, prompt: ScoringPrompt, heads) -> tuple[Any, int]:
+        ids, params, rid = scoring_request(prompt, heads)
+        try:
+            out = await self.engine.async_generate(input_ids=ids, sampling_params=params,
+                                                   rid=rid)
+        except BaseException:
+            # SGLang does not abort an engine request whose awaiting task is cancelled: do it,
+            # so the scheduler drops the prefill (and the capture with it).
+            self.engine.tokenizer_manager.abort_request(rid)
+            raise
+        return _rows_and_hits(out, len(heads))
+
+    # --- introspection and shutdown ---------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Captures held by the scheduler (requests mid-prefill): ``{"active": n}``."""
+        return self.engine.get_server_info()["internal_states"][0]["qrhead"]
+
+    async def stats_async(self) -> dict[str, int]:
+        states = await self.engine.tokenizer_manager.get_internal_state()
+        return states[0]["qrhead"]
+
+    def close(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+
+
+def _rows_and_hits(output: dict, num_heads: int):
+    meta = output["meta_info"]
+    return decode_result(meta, num_heads), int(meta.get("cached_tokens") or 0)
+
+
+def run_in_engine_loop(backend: SGLangBackend, coro):
+    """Run a coroutine on the loop the engine's tokenizer manager is bound to (sync callers)."""
+    loop = backend.engine.loop
+    if loop.is_running():
+        raise RuntimeError("the engine's event loop is running: await the coroutine instead")
+    return loop.run_until_complete(coro)
