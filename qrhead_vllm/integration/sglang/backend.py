@@ -13,15 +13,18 @@ replica's, or ``backend.engine.loop``).
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any, Sequence
 
+from qrhead_vllm import metrics
 from qrhead_vllm.backends import MassRequest, MassResult
 from qrhead_vllm.core import ScoringPrompt
 from qrhead_vllm.heads import ModelFacts
-from qrhead_vllm.errors import InsufficientMemoryError
+from qrhead_vllm.errors import CaptureError, InsufficientMemoryError
 from qrhead_vllm.integration.sglang.engine_args import check_pool, engine_env, engine_kwargs
-from qrhead_vllm.integration.sglang.request_spec import RequestSpec, decode_result
+from qrhead_vllm.integration.sglang.request_spec import (RequestSpec, capture_seconds,
+                                                         decode_result)
 
 
 def scoring_request(prompt: ScoringPrompt, heads) -> tuple[list[int], dict[str, Any], str]:
@@ -69,35 +72,51 @@ class SGLangBackend:
 
     # --- sync: a batch of queries prefilled together ----------------------------------------
     def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
+        started = time.perf_counter()
         real = self._prefill([(r.real, r.heads) for r in requests])
         null_of = [i for i, r in enumerate(requests) if r.null is not None]
         nulls = dict(zip(null_of, self._prefill([(requests[i].null, requests[i].heads)
                                                  for i in null_of])))
-        out = []
-        for i, r in enumerate(requests):
-            null_rows, null_hits = nulls.get(i, (None, None))
-            out.append(MassResult(real[i][0], null_rows, null_hits))
-        return out
+        return [self._finish(r, real[i], nulls.get(i), started) for i, r in enumerate(requests)]
 
-    def _prefill(self, items) -> list[tuple[Any, int]]:
-        """Prefill prompts in one engine batch; (rows, radix-cache hit tokens) per prompt."""
+    def _prefill(self, items) -> list[dict]:
+        """Prefill prompts in one engine batch; the output of each."""
         if not items:
             return []
         reqs = [scoring_request(p, heads) for p, heads in items]
-        outs = self.engine.generate(input_ids=[ids for ids, _, _ in reqs],
+        return self.engine.generate(input_ids=[ids for ids, _, _ in reqs],
                                     sampling_params=[params for _, params, _ in reqs],
                                     rid=[rid for _, _, rid in reqs])
-        return [_rows_and_hits(o, len(heads)) for o, (_, heads) in zip(outs, items)]
 
     # --- async: one query; concurrent calls become concurrent engine requests ---------------
     async def attention_mass_async(self, req: MassRequest) -> MassResult:
-        real, _ = await self._prefill_async(req.real, req.heads)
-        if req.null is None:
-            return MassResult(real, None)
-        null, hits = await self._prefill_async(req.null, req.heads)
-        return MassResult(real, null, hits)
+        started = time.perf_counter()
+        real = await self._prefill_async(req.real, req.heads)
+        null = await self._prefill_async(req.null, req.heads) if req.null is not None else None
+        return self._finish(req, real, null, started)
 
-    async def _prefill_async(self, prompt: ScoringPrompt, heads) -> tuple[Any, int]:
+    def _finish(self, req: MassRequest, real: dict, null: dict | None,
+                started: float) -> MassResult:
+        """Decode both passes' results and record the query in the QRHead metrics.
+
+        Raises:
+            CaptureError: as :func:`decode_result` (counted in qrhead_capture_errors_total).
+        """
+        model, n = self.facts.model_id, len(req.heads)
+        try:
+            real_rows = decode_result(real["meta_info"], n)
+            null_rows = decode_result(null["meta_info"], n) if null is not None else None
+        except CaptureError:
+            metrics.record_capture_error(model)
+            raise
+        metas = [o["meta_info"] for o in (real, null) if o is not None]
+        metrics.record_scored(model, len(req.real.doc_spans),
+                              sum(capture_seconds(m) for m in metas),
+                              time.perf_counter() - started)
+        hits = int(null["meta_info"].get("cached_tokens") or 0) if null is not None else None
+        return MassResult(real_rows, null_rows, hits)
+
+    async def _prefill_async(self, prompt: ScoringPrompt, heads) -> dict:
         ids, params, rid = scoring_request(prompt, heads)
         try:
             out = await self.engine.async_generate(input_ids=ids, sampling_params=params,
@@ -107,7 +126,7 @@ class SGLangBackend:
             # so the scheduler drops the prefill (and the capture with it).
             self.engine.tokenizer_manager.abort_request(rid)
             raise
-        return _rows_and_hits(out, len(heads))
+        return out
 
     # --- introspection and shutdown ---------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -122,11 +141,6 @@ class SGLangBackend:
         engine, self.engine = self.engine, None
         if engine is not None:
             engine.shutdown()
-
-
-def _rows_and_hits(output: dict, num_heads: int):
-    meta = output["meta_info"]
-    return decode_result(meta, num_heads), int(meta.get("cached_tokens") or 0)
 
 
 def run_in_engine_loop(backend: SGLangBackend, coro):

@@ -62,6 +62,12 @@ def encode_result(result: CaptureResult, seconds: float) -> dict[str, Any]:
             "error": result.error, "capture_s": seconds}
 
 
+def capture_seconds(meta_info: dict[str, Any]) -> float:
+    """The scheduler's time spent capturing this request (0 when it reported none)."""
+    payload = next((p for p in meta_info.get(RESULT_KEY) or () if p), None)
+    return float(payload.get("capture_s", 0.0)) if payload else 0.0
+
+
 def decode_result(meta_info: dict[str, Any], num_heads: int) -> torch.Tensor:
     """The ``[num_heads, T]`` rows of one finished scoring request, from its ``meta_info``.
 
