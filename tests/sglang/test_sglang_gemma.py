@@ -75,9 +75,9 @@ def test_gemma3_one_step_and_warm_repeat(gemma_sglang, reference, hotpotqa_split
     assert backend.engine.flush_cache().success
     hits = []
     for _ in range(2):
-        [(rows, hit)] = backend._prefill([(req.real, req.heads)])
-        hits.append(hit)
-        assert max_diff(rows, want.real) <= 1e-4
+        [out] = backend._prefill([(req.real, req.heads)])
+        hits.append(int(out["meta_info"]["cached_tokens"]))
+        assert max_diff(decode_result(out["meta_info"], len(req.heads)), want.real) <= 1e-4
     assert hits == [0, req.real.query_start]
 
 
