@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from qrhead_vllm.backends import MassRequest, MassResult
-from qrhead_vllm.data import Example
+from qrhead_vllm.datasets import Example
 from qrhead_vllm.errors import HeadConfigError
 from qrhead_vllm.ranker import QRHeadRanker
 

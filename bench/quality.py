@@ -21,7 +21,7 @@ from bench.llm import HeadSet, llm_runs, random_head_sets                 # noqa
 from bench.metrics import evaluate_runs, mean_of                          # noqa: E402
 from bench.report import Row, bar_chart, git_commit, machine, markdown, now, table  # noqa: E402
 from qrhead_vllm.core import truncate_words                               # noqa: E402
-from qrhead_vllm.data import (HOTPOTQA, SPLIT_SEED, Example, load_hotpotqa,  # noqa: E402
+from qrhead_vllm.datasets import (HOTPOTQA, SPLIT_SEED, Example, load_hotpotqa,  # noqa: E402
                               split_examples)
 from qrhead_vllm.models import DEFAULT_MODEL                              # noqa: E402
 from qrhead_vllm.results import Document                                  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qrhead_vllm.commands import detect as detect_cmd
-from qrhead_vllm.data import Example
+from qrhead_vllm.datasets import Example
 from qrhead_vllm.detect.checkpoint import Checkpoint
 from qrhead_vllm.detect.config import DetectConfig
 from qrhead_vllm.detect.inputs import DetectInputError, load_examples

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qrhead_vllm import envs
 from qrhead_vllm.core.prompt import NULL_QUERY
 
-FORMATS = ("auto", "hotpotqa", "qrhead", "jsonl", "beir")
+from qrhead_vllm.datasets import FORMATS  # noqa: F401  (re-exported)
 
 
 class DetectConfig(BaseModel):
@@ -28,9 +28,11 @@ class DetectConfig(BaseModel):
 
     # --- what to detect on ------------------------------------------------------------------
     model: str = Field("smollm2-135m", description="Bundled model name, local HF dir or hub id.")
-    data: str = Field(description="Detection data: a JSON/JSONL file or a BEIR-style directory.")
-    format: Literal["auto", "hotpotqa", "qrhead", "jsonl", "beir"] = Field(
-        "auto", description="Input format; 'auto' guesses from the path and the first record.")
+    data: str = Field(description="Detection data: a JSON/JSONL file or a BEIR-style directory; "
+                                  "several, comma-separated, are split each and joined.")
+    format: Literal["auto", "shared", "hotpotqa", "qrhead", "jsonl", "beir"] = Field(
+        "auto", description="Input format ('hotpotqa' = 'shared', the shared JSONL shape); "
+                            "'auto' guesses from the path and the first record.")
     beir_split: str = Field("test", description="BEIR only: qrels/<split>.tsv to read gold from.")
     candidates: str | None = Field(
         None, description="BEIR only: candidate list file (default <data>/candidates.tsv).")
@@ -94,6 +96,10 @@ class DetectConfig(BaseModel):
             if not Path(self.data).is_dir():
                 raise ValueError("candidates= is only meaningful for a BEIR directory")
         return self
+
+    @property
+    def data_paths(self) -> list[str]:
+        return [p.strip() for p in self.data.split(",") if p.strip()]
 
     @property
     def head_set_name(self) -> str:

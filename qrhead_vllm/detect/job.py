@@ -13,11 +13,12 @@ import logging
 import os
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from qrhead_vllm.data import Example, split_examples
+from qrhead_vllm.datasets import Example, split_examples
+from qrhead_vllm.datasets.records import first_duplicate
 from qrhead_vllm.detect.checkpoint import Checkpoint
 from qrhead_vllm.detect.config import DetectConfig
 from qrhead_vllm.detect.inputs import load_examples
@@ -47,10 +48,17 @@ class DetectionRun:
 
 def select_examples(cfg: DetectConfig) -> tuple[list[Example], dict[str, str]]:
     """Load, split, limit and preprocess (candidate cut, reversal, seeded shuffle)."""
-    examples, hashes = load_examples(cfg.data, cfg.format, beir_split=cfg.beir_split,
-                                     candidates=cfg.candidates)
-    if cfg.split != "all":
-        examples = split_examples(examples)[0 if cfg.split == "detect" else 1]
+    examples, hashes = [], {}
+    for path in cfg.data_paths:          # each file split on its own: halves stay disjoint
+        part, part_hashes = load_examples(path, cfg.format, beir_split=cfg.beir_split,
+                                          candidates=cfg.candidates)
+        if cfg.split != "all":
+            part = split_examples(part)[0 if cfg.split == "detect" else 1]
+        examples += part
+        hashes.update(part_hashes)
+    dup = first_duplicate(e.qid for e in examples)
+    if dup is not None:
+        raise DetectionError(f"example id {dup!r} appears in more than one of {cfg.data_paths}")
     if cfg.limit:
         examples = examples[: cfg.limit]
     # One generator seeded once, consumed example by example: the reference's random.seed(42)
@@ -63,7 +71,7 @@ def select_examples(cfg: DetectConfig) -> tuple[list[Example], dict[str, str]]:
             docs.reverse()
         if rng is not None:
             rng.shuffle(docs)
-        out.append(Example(ex.qid, ex.query, tuple(docs), ex.gold_ids))
+        out.append(replace(ex, documents=tuple(docs)))
     return out, hashes
 
 
