@@ -37,6 +37,9 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="hotpotqa", choices=sorted(BENCHMARKS),
                    help="standard bench on the shared data (bench/standard.py)")
+    p.add_argument("--data", default=None, help="a JSONL file in the shared shape to use "
+                   "instead of the dataset's shared file, under the same protocol (e.g. TREC "
+                   "DL20 BM25 top-100 with --dataset dl19)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled name, HF dir or hub id; "
                    "a comma list runs each model in turn, rows from the same run")
     p.add_argument("--heads", default=None, help="QRHead row's heads: shipped config name, path, "
@@ -97,7 +100,8 @@ def parse_args(argv):
 def load_data(args):
     """Examples, their graded qrels and a sentence saying exactly which data they are."""
     if not args.beir_dir:
-        return load_benchmark(BENCHMARKS[args.dataset], args.top_k, args.max_words, args.limit)
+        return load_benchmark(BENCHMARKS[args.dataset], args.top_k, args.max_words, args.limit,
+                              args.data)
     examples, qrels = beir.load_beir(args.beir_dir, args.candidates, args.top_k or 200,
                                      args.num_queries, args.seed, args.max_words)
     if args.limit:

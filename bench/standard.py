@@ -15,6 +15,7 @@ Detection data never overlaps what is scored here: HotpotQA and MuSiQue heads co
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from qrhead_vllm.core import truncate_words
 from qrhead_vllm.datasets import SHARED, SPLIT_SEED, Example, load_shared, split_examples
@@ -54,11 +55,15 @@ BENCHMARKS = {
 
 
 def load_benchmark(bench: Benchmark, top_k: int | None, max_words: int | None,
-                   limit: int | None) -> tuple[list[Example], Qrels, str]:
+                   limit: int | None, data: str | None = None
+                   ) -> tuple[list[Example], Qrels, str]:
     """The bench's examples (candidates cut and truncated), graded qrels and a sentence
-    saying exactly which queries and candidates they are."""
-    examples = load_shared(bench.name)
-    split = f"`{SHARED[bench.name].name}`"
+    saying exactly which queries and candidates they are. ``data`` replaces the shared file by
+    another file of the same shape (e.g. TREC DL20 with its BM25 top-100) under the same
+    protocol."""
+    path = data or SHARED[bench.name]
+    examples = load_shared(path)
+    split = f"`{Path(path).name}`"
     if bench.split_half:
         examples = split_examples(examples)[1]                 # never the detection half
         split += (f", the evaluation half of `split_examples` (seed {SPLIT_SEED}); heads are "
