@@ -39,7 +39,7 @@ class DetectConfig(BaseModel):
     split: Literal["all", "detect", "eval"] = Field(
         "all", description="'detect'/'eval': the half of qrhead_vllm.data.split_examples to use "
                            "(never detect on the examples you report quality on).")
-    limit: int | None = Field(None, gt=0, description="Use only the first N examples (smoke runs).")
+    limit: int | None = Field(None, gt=0, description="Use only the first N examples (of each file).")
 
     # --- preprocessing (spec §1.6 / §2.3) ---------------------------------------------------
     shuffle_seed: int | None = Field(
@@ -55,9 +55,10 @@ class DetectConfig(BaseModel):
     prompt_family: str | None = Field(None, description="Override the chat markers of the prompt.")
 
     # --- recipe (spec §1.2) -----------------------------------------------------------------
-    recipe: Literal["mass", "ndcg"] = Field(
+    recipe: Literal["mass", "ndcg", "contrast"] = Field(
         "mass", description="'mass': mean calibrated masked attention on gold docs (LME recipe); "
-                            "'ndcg': mean nDCG@k of each head's own ranking (NQ recipe).")
+                            "'ndcg': mean nDCG@k of each head's own ranking (NQ recipe); "
+                            "'contrast': mean gold score minus the hardest negative's (CoRe-style).")
     ndcg_k: int = Field(10, gt=0, description="Cut-off of the ndcg recipe.")
     top_k: int = Field(16, gt=0, description="Heads to keep (16 below 10B, 32 for 70B).")
     stability_seed: int = Field(0, description="Seed of the two disjoint halves of the report.")

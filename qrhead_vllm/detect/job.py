@@ -54,13 +54,11 @@ def select_examples(cfg: DetectConfig) -> tuple[list[Example], dict[str, str]]:
                                           candidates=cfg.candidates)
         if cfg.split != "all":
             part = split_examples(part)[0 if cfg.split == "detect" else 1]
-        examples += part
+        examples += part[: cfg.limit] if cfg.limit else part
         hashes.update(part_hashes)
     dup = first_duplicate(e.qid for e in examples)
     if dup is not None:
         raise DetectionError(f"example id {dup!r} appears in more than one of {cfg.data_paths}")
-    if cfg.limit:
-        examples = examples[: cfg.limit]
     # One generator seeded once, consumed example by example: the reference's random.seed(42)
     # followed by random.shuffle(docs) in the loop.
     rng = random.Random(cfg.shuffle_seed) if cfg.shuffle_seed is not None else None
