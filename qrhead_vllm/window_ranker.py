@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qrhead_vllm.core import score_documents
+from qrhead_vllm.errors import ContextOverflowError
 from qrhead_vllm.results import Document, RankedResults, WindowInfo, ordered
 from qrhead_vllm.windows import (PLANS, Groups, PlanResult, passage_tokens, run_plan,
                                  run_plan_async, window_budget)
@@ -32,6 +33,12 @@ class WindowedRanking:
         self.tokens = passage_tokens(backend.tokenizer, ranker.template, shown)
         self.budget = window_budget(backend.tokenizer, ranker.template,
                                     [query.strip(), ranker.null_query], limit)
+        for i, n in enumerate(self.tokens):
+            if n > self.budget:      # no window can hold it: say so before any engine work
+                raise ContextOverflowError(
+                    f"document {i} has about {n} tokens but a scoring prompt of {limit} tokens "
+                    f"(the model's context is {backend.max_model_len}) holds {self.budget} after "
+                    "the query; split it into shorter passages (or max_words=)")
         self.prompt_tokens = 0
         self.head_rows: dict[int, list[float]] = {}     # latest per-head scores of each doc
 
