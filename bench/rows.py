@@ -20,6 +20,24 @@ def parse_heads(spec: str | None):
     return spec
 
 
+def sized(spec: str):
+    """``name@k``: the top-k heads of a head config's full score table (detected sets keep
+    the score of every head, so 8/32/64-head variants need no new detection run)."""
+    import numpy as np
+
+    from qrhead_vllm.detect.recipes import rank_heads
+    from qrhead_vllm.head_registry import load_head_config
+    from qrhead_vllm.heads import HeadScore
+
+    name, k = spec.rsplit("@", 1)
+    hc = load_head_config(name)
+    if hc.score_table is None:
+        return hc.top(int(k))
+    ranked = rank_heads(np.asarray(hc.score_table, dtype=float).ravel(), hc.model.num_heads)
+    heads = tuple(HeadScore(layer=l, head=h, score=s) for l, h, s in ranked[: int(k)])
+    return hc.model_copy(update={"heads": heads, "name": spec})
+
+
 def shipped_for(facts) -> list[str]:
     """Names of the shipped head configs made for this model (same id and shape)."""
     from qrhead_vllm.head_registry import load_head_config, shipped_head_configs
@@ -40,7 +58,7 @@ def head_sets(args, facts) -> list[HeadSet]:
         extra = [n for n in args.extra_heads.split(",") if n]
         if args.shipped_heads:
             extra += [n for n in shipped_for(facts) if n not in extra]
-        sets += [HeadSet(f"QRHead ({n})", n) for n in extra]
+        sets += [HeadSet(f"QRHead ({n})", sized(n) if "@" in n else n) for n in extra]
     if "icr" in args.methods:
         sets.append(HeadSet("all heads (ICR)", "all"))
     if "random" in args.methods:
