@@ -27,9 +27,8 @@ def overlap_markdown(names: list[str], ks: list[int]) -> str:
     lines = ["| head set | recipe | detection data | examples |", "|---|---|---|---|"]
     for c in configs:
         p = c.provenance
-        lines.append(f"| `{c.name}` | {p.recipe} | {Path(str(p.dataset)).name if p.dataset else '-'}"
-                     f"{' (+ more, see notes)' if p.dataset and ',' in str(p.dataset) else ''} "
-                     f"| {p.num_examples} |")
+        data = " + ".join(Path(d).name for d in str(p.dataset or "-").split(","))
+        lines.append(f"| `{c.name}` | {p.recipe} | {data} | {p.num_examples} |")
     head = "| pair | " + " | ".join(f"top-{k} shared" for k in ks) + " | Spearman |"
     lines += ["", head, "|---" * (len(ks) + 2) + "|"]
     for (a, ta), (b, tb) in itertools.combinations(zip(configs, tables), 2):
