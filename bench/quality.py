@@ -162,8 +162,9 @@ def main(argv=None) -> int:
                          else default_name)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    title = ("Retrieval quality: " + (Path(args.beir_dir).name if args.beir_dir
-                                      else bench.title))
+    shown = (bench.title.replace(f"top-{bench.top_k}", f"top-{args.top_k}")
+             if args.top_k and bench.top_k else bench.title)
+    title = "Retrieval quality: " + (Path(args.beir_dir).name if args.beir_dir else shown)
     bar_chart(rows, out / f"{name}.png", f"{title} ({', '.join(args.models)}, "
                                          f"{len(examples)} queries)")
     text = markdown(title, facts, rows, notes, f"{name}.png", APPENDIX.read_text())
