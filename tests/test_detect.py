@@ -56,7 +56,7 @@ def test_detection_writes_a_valid_config(baseline):
     assert [h.score for h in loaded.heads] == sorted((h.score for h in loaded.heads), reverse=True)
     p = loaded.provenance
     assert (p.source, p.recipe, p.engine, p.num_examples) == ("detected", "mass", "transformers", N)
-    assert p.engine_version and len(p.dataset_sha256) == 64 and "split=detect" in p.notes
+    assert p.engine_version and len(p.dataset_sha256) == 64 and "split=all" in p.notes
     assert resolve_heads(loaded, "smollm2-135m", loaded.model) is loaded
     for suffix in (".png", ".stability.json", ".stability.md"):
         assert (tmp / f"plain{suffix}").stat().st_size > 0
