@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-from qrhead_vllm.data import Example
+from qrhead_vllm.datasets import Example
 from qrhead_vllm.results import Document
 
 from bench.metrics import Runs, order_by_scores

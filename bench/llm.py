@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from qrhead_vllm.backends import MassRequest, MassResult
-from qrhead_vllm.data import Example
+from qrhead_vllm.datasets import Example
 from qrhead_vllm.errors import HeadConfigError
 from qrhead_vllm.ranker import QRHeadRanker
 
@@ -91,20 +91,18 @@ def build_rankers(model: str, backend, sets: Sequence[HeadSet], notes: list[str]
 
 
 def run_rankers(rankers: Sequence[tuple[HeadSet, QRHeadRanker]], examples: Sequence[Example],
-                reverse: bool = False, batch: int = 1) -> list[Runs]:
+                batch: int = 1) -> list[Runs]:
     """Rank every example with every ranker → one run (qid → doc ids, best first) per ranker.
 
-    ``reverse`` feeds the candidates last-to-first, so first-stage rank 1 sits next to the
-    query (the reference's BEIR setting, spec §2.3); rankings are by doc id, so metrics do
-    not care about prompt order.
+    Candidates go in first-stage order; the rankers' own ``reverse_order`` and ``window``
+    decide the prompt order and how lists longer than one prompt are windowed.
     """
     shared = rankers[0][1].backend if rankers else None
     runs: list[Runs] = [{} for _ in rankers]
     t0 = time.perf_counter()
     for start in range(0, len(examples), batch):
         chunk = examples[start:start + batch]
-        items = [(e.query, list(e.documents[::-1] if reverse else e.documents), None)
-                 for e in chunk]
+        items = [(e.query, list(e.documents), None) for e in chunk]
         for (_, ranker), run in zip(rankers, runs):
             for e, res in zip(chunk, ranker.rank_many(items)):
                 run[e.qid] = [str(r.doc_id) for r in res.results]
@@ -117,14 +115,14 @@ def run_rankers(rankers: Sequence[tuple[HeadSet, QRHeadRanker]], examples: Seque
 
 
 def llm_runs(model: str, engine, sets: Sequence[HeadSet], examples: Sequence[Example],
-             notes: list[str], reverse: bool = False, batch: int = 1
-             ) -> list[tuple[HeadSet, Runs, Any]]:
+             notes: list[str], batch: int = 1, **ranker_kw) -> list[tuple[HeadSet, Runs, Any]]:
     """All head sets of one engine over the examples, prefilling each prompt once.
 
+    ``ranker_kw`` go to every QRHeadRanker (``reverse_order``, ``window``, ``max_words``).
     Returns (head set, run, the HeadConfig the ranker loaded or None for all heads).
     """
     shared = SharedMassBackend(engine)
-    rankers = build_rankers(model, shared, sets, notes)
+    rankers = build_rankers(model, shared, sets, notes, **ranker_kw)
     shared.share([r.head_pairs for _, r in rankers])
-    runs = run_rankers(rankers, examples, reverse, batch)
+    runs = run_rankers(rankers, examples, batch)
     return [(s, run, r.heads) for (s, r), run in zip(rankers, runs)]

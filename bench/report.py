@@ -13,7 +13,13 @@ from typing import Sequence
 
 from bench.metrics import METRICS
 
-NAMES = {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@2": "Recall@2", "recall@5": "Recall@5"}
+NAMES = {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@2": "Recall@2", "recall@5": "Recall@5",
+         "mrr@10-l2": "MRR@10 (rel>=2)", "recall@20-l2": "R@20 (rel>=2)"}
+
+
+def row_metrics(rows: Sequence["Row"]) -> tuple[str, ...]:
+    """The metrics of a table: those of its first row, in their order."""
+    return tuple(rows[0].scores) if rows else METRICS
 
 
 @dataclass
@@ -55,10 +61,11 @@ def git_commit() -> str:
 
 
 def table(rows: Sequence[Row], first: str = "method") -> str:
-    head = f"| {first} | " + " | ".join(NAMES[m] for m in METRICS) + " |"
-    lines = [head, "|---" * (len(METRICS) + 1) + "|"]
+    metrics = row_metrics(rows)
+    head = f"| {first} | " + " | ".join(NAMES.get(m, m) for m in metrics) + " |"
+    lines = [head, "|---" * (len(metrics) + 1) + "|"]
     for r in rows:
-        lines.append(f"| {r.label} | " + " | ".join(f"{100 * r.scores[m]:.1f}" for m in METRICS)
+        lines.append(f"| {r.label} | " + " | ".join(f"{100 * r.scores[m]:.1f}" for m in metrics)
                      + " |")
     return "\n".join(lines)
 
@@ -75,7 +82,7 @@ def markdown(title: str, facts: dict[str, str], rows: Sequence[Row], notes: Sequ
     out = [f"# {title}", "",
            "_Written by `bench/quality.py`; rerun the command below rather than editing it._", ""]
     out += [f"- **{k}**: {v}" for k, v in facts.items()]
-    out += ["", "All metrics in percent (ranx).", "", table(rows)]
+    out += ["", "All metrics in percent (ranx; nDCG graded as trec_eval).", "", table(rows)]
     if notes:
         out += ["", "Not in the table:"] + [f"- {n}" for n in notes]
     if any(r.draws for r in rows):
@@ -93,13 +100,14 @@ def bar_chart(rows: Sequence[Row], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    metrics = row_metrics(rows)
     x = np.arange(len(rows))
-    width = 0.8 / len(METRICS)
+    width = 0.8 / len(metrics)
     fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(rows) + 2), 4.2))
-    for i, m in enumerate(METRICS):
-        xs = x + (i - (len(METRICS) - 1) / 2) * width
+    for i, m in enumerate(metrics):
+        xs = x + (i - (len(metrics) - 1) / 2) * width
         vals = [100 * r.scores[m] for r in rows]
-        ax.bar(xs, vals, width, label=NAMES[m])
+        ax.bar(xs, vals, width, label=NAMES.get(m, m))
         for xi, v, r in zip(xs, vals, rows):          # spread of the random draws
             if r.draws:
                 got = [100 * s[m] for _, s in r.draws]
@@ -108,7 +116,7 @@ def bar_chart(rows: Sequence[Row], path: Path, title: str) -> None:
     ax.set_xticks(x, [textwrap.fill(r.label, 18) for r in rows], fontsize=8)
     ax.set_ylabel("percent")
     ax.set_ylim(0, 105)
-    ax.legend(ncol=len(METRICS), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+    ax.legend(ncol=len(metrics), fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0),
               frameon=False)
     fig.suptitle(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)

@@ -31,7 +31,7 @@ from bench import speed_report                                        # noqa: E4
 from bench.gpu_capture import Shape, make_layer, ours, peak_bytes, reference  # noqa: E402
 from bench.speed_prompts import Item, docs_item, hotpot_items, length_item    # noqa: E402
 from bench.speed_timing import Timings, interleave, load_average               # noqa: E402
-from qrhead_vllm.data import HOTPOTQA, load_hotpotqa                  # noqa: E402
+from qrhead_vllm.datasets import HOTPOTQA, load_hotpotqa                  # noqa: E402
 from qrhead_vllm.errors import ContextOverflowError, HeadConfigError  # noqa: E402
 from qrhead_vllm.models import DEFAULT_MODEL                          # noqa: E402
 

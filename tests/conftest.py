@@ -11,7 +11,7 @@ import pytest
 
 from pathlib import Path
 
-from qrhead_vllm.data import load_hotpotqa
+from qrhead_vllm.datasets import load_hotpotqa
 from qrhead_vllm.models import resolve_model
 
 # Vendored real HotpotQA records (tests/data/README.md): the suites never need ../shared/data.

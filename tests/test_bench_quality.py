@@ -129,3 +129,32 @@ def test_beir_dir_reproduction(tmp_path, evaluation):
     bm25 = evaluate_runs(qrels, {q: cands[q] for q in picked})
     assert f"| first-stage order (BM25) | {100 * bm25['ndcg@10']:.1f} |" in text
     assert (out / "quality-beir-tiny.png").stat().st_size > 0
+
+
+DL19_ONE = Path(__file__).resolve().parent / "data" / "dl19-one-query-top100.jsonl"
+GPU_COMMAND = ["--dataset", "dl19", "--data", "dl20_bm25_top100.jsonl", "--model",
+               "meta-llama/Llama-3.1-8B-Instruct", "--heads", "llama-3.1-8b-instruct-nq",
+               "--backend", "vllm", "--dtype", "bfloat16", "--max-model-len", "32768",
+               "--reverse-order", "--methods", "qrhead,icr,original,fusion", "--out", "results"]
+
+
+def test_gpu_reproduction_command_parses():
+    """The README's GPU command (docs/quality.md) is accepted as written."""
+    args = quality.parse_args(GPU_COMMAND)
+    assert args.models == ["meta-llama/Llama-3.1-8B-Instruct"] and args.backend == "vllm"
+    assert args.metrics == ("ndcg@10", "mrr@10-l2", "recall@20-l2")
+    assert args.max_model_len == 32768 and args.reverse_order
+
+
+def test_trec_dl_protocol_on_a_vendored_query(tmp_path):
+    """The DL19 plumbing (the GPU command with the bundled model): --data, graded qrels, the
+    fusion row; 10 candidates cut to 20 words keep it small."""
+    out = tmp_path / "out"
+    rc = quality.main(["--dataset", "dl19", "--data", str(DL19_ONE), "--model", MODEL,
+                       "--top-k", "10", "--max-words", "20", "--reverse-order",
+                       "--methods", "qrhead,original,fusion", "--out", str(out)])
+    assert rc == 0
+    text = (out / "quality-dl19.md").read_text()
+    assert "| QRHead (smollm2-135m-hotpotqa, 16 heads) |" in text
+    assert "RRF fusion: QRHead" in text and "BM25 first stage (given order)" in text
+    assert "MRR@10 (rel>=2)" in text and "dl19-one-query-top100.jsonl" in text

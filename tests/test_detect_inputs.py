@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qrhead_vllm.commands import detect as detect_cmd
-from qrhead_vllm.data import Example
+from qrhead_vllm.datasets import Example
 from qrhead_vllm.detect.checkpoint import Checkpoint
 from qrhead_vllm.detect.config import DetectConfig
 from qrhead_vllm.detect.inputs import DetectInputError, load_examples
@@ -182,3 +182,19 @@ def test_model_fingerprint_follows_the_model_files(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text('{"add_bos_token": true}')
     assert model_fingerprint(str(tmp_path)) != before
     assert model_fingerprint("org/not-local") == "org/not-local"
+
+
+def test_contrast_recipe_is_the_gap_to_the_hardest_negative():
+    from qrhead_vllm.detect.recipes import example_vectors, hard_negative_gap
+
+    # head 0 puts mass on gold a and on distractor b; head 1 only on gold a
+    scores = torch.tensor([[3.0, 2.9, 0.0], [1.0, 0.1, 0.0]])
+    gap = hard_negative_gap(scores, ["a", "b", "c"], frozenset({"a"}))
+    assert gap == pytest.approx([0.1, 0.9])       # mass would prefer head 0; contrast head 1
+    assert hard_negative_gap(scores, ["a", "b", "c"], frozenset()) is None
+    assert hard_negative_gap(scores, ["a", "b", "c"], frozenset({"a", "b", "c"})) is None
+    rec = example_vectors(scores, ["a", "b", "c"], frozenset({"a"}), 10)
+    assert set(rec) == {"mass", "ndcg", "contrast"}
+    assert reduce_scores([rec, rec], "contrast").tolist() == pytest.approx([0.1, 0.9])
+    with pytest.raises(ValueError, match="before it existed"):
+        reduce_scores([{"mass": [1.0], "ndcg": None}], "contrast")

@@ -105,7 +105,7 @@ def _inputs(query: str | None, docs_file: str | None) -> tuple[str, list]:
 
 def shipped_example() -> tuple[str, list]:
     """First evaluation example of the shared HotpotQA set, or the built-in one."""
-    from qrhead_vllm.data import HOTPOTQA, load_hotpotqa, split_examples
+    from qrhead_vllm.datasets import HOTPOTQA, load_hotpotqa, split_examples
 
     if not HOTPOTQA.exists():
         return BUILTIN_QUERY, list(BUILTIN_DOCS)

@@ -84,8 +84,8 @@ def _notes(cfg: DetectConfig, meta: dict, records: list[dict], hashes: dict[str,
         f"split={cfg.split}" + (" (qrhead_vllm.data.split_examples, seed 0)"
                                 if cfg.split != "all" else ""),
         f"limit={cfg.limit}", f"top_k={cfg.top_k}",
-        "score=" + ("mean per-example gold mass" if cfg.recipe == "mass"
-                    else f"mean nDCG@{cfg.ndcg_k}"),
+        "score=" + {"mass": "mean per-example gold mass", "ndcg": f"mean nDCG@{cfg.ndcg_k}",
+                    "contrast": "mean gold score minus hardest negative"}[cfg.recipe],
         f"calibrate={cfg.calibrate} null_query={cfg.null_query!r}",
         f"max_words={cfg.max_words} max_docs={cfg.max_docs} reverse_docs={cfg.reverse_docs}",
         f"shuffle_seed={cfg.shuffle_seed}", f"dtype={cfg.dtype}",

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from qrhead_vllm.data import Example
+from qrhead_vllm.datasets import Example
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from qrhead_vllm import envs
 from qrhead_vllm.core.prompt import NULL_QUERY
 
-FORMATS = ("auto", "hotpotqa", "qrhead", "jsonl", "beir")
+from qrhead_vllm.datasets import FORMATS  # noqa: F401  (re-exported)
 
 
 class DetectConfig(BaseModel):
@@ -28,16 +28,18 @@ class DetectConfig(BaseModel):
 
     # --- what to detect on ------------------------------------------------------------------
     model: str = Field("smollm2-135m", description="Bundled model name, local HF dir or hub id.")
-    data: str = Field(description="Detection data: a JSON/JSONL file or a BEIR-style directory.")
-    format: Literal["auto", "hotpotqa", "qrhead", "jsonl", "beir"] = Field(
-        "auto", description="Input format; 'auto' guesses from the path and the first record.")
+    data: str = Field(description="Detection data: a JSON/JSONL file or a BEIR-style directory; "
+                                  "several, comma-separated, are split each and joined.")
+    format: Literal["auto", "shared", "hotpotqa", "qrhead", "jsonl", "beir"] = Field(
+        "auto", description="Input format ('hotpotqa' = 'shared', the shared JSONL shape); "
+                            "'auto' guesses from the path and the first record.")
     beir_split: str = Field("test", description="BEIR only: qrels/<split>.tsv to read gold from.")
     candidates: str | None = Field(
         None, description="BEIR only: candidate list file (default <data>/candidates.tsv).")
     split: Literal["all", "detect", "eval"] = Field(
         "all", description="'detect'/'eval': the half of qrhead_vllm.data.split_examples to use "
                            "(never detect on the examples you report quality on).")
-    limit: int | None = Field(None, gt=0, description="Use only the first N examples (smoke runs).")
+    limit: int | None = Field(None, gt=0, description="Use only the first N examples (of each file).")
 
     # --- preprocessing (spec §1.6 / §2.3) ---------------------------------------------------
     shuffle_seed: int | None = Field(
@@ -53,9 +55,10 @@ class DetectConfig(BaseModel):
     prompt_family: str | None = Field(None, description="Override the chat markers of the prompt.")
 
     # --- recipe (spec §1.2) -----------------------------------------------------------------
-    recipe: Literal["mass", "ndcg"] = Field(
+    recipe: Literal["mass", "ndcg", "contrast"] = Field(
         "mass", description="'mass': mean calibrated masked attention on gold docs (LME recipe); "
-                            "'ndcg': mean nDCG@k of each head's own ranking (NQ recipe).")
+                            "'ndcg': mean nDCG@k of each head's own ranking (NQ recipe); "
+                            "'contrast': mean gold score minus the hardest negative's (CoRe-style).")
     ndcg_k: int = Field(10, gt=0, description="Cut-off of the ndcg recipe.")
     top_k: int = Field(16, gt=0, description="Heads to keep (16 below 10B, 32 for 70B).")
     stability_seed: int = Field(0, description="Seed of the two disjoint halves of the report.")
@@ -94,6 +97,10 @@ class DetectConfig(BaseModel):
             if not Path(self.data).is_dir():
                 raise ValueError("candidates= is only meaningful for a BEIR directory")
         return self
+
+    @property
+    def data_paths(self) -> list[str]:
+        return [p.strip() for p in self.data.split(",") if p.strip()]
 
     @property
     def head_set_name(self) -> str:

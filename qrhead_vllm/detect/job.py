@@ -13,11 +13,12 @@ import logging
 import os
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from qrhead_vllm.data import Example, split_examples
+from qrhead_vllm.datasets import Example, split_examples
+from qrhead_vllm.datasets.records import first_duplicate
 from qrhead_vllm.detect.checkpoint import Checkpoint
 from qrhead_vllm.detect.config import DetectConfig
 from qrhead_vllm.detect.inputs import load_examples
@@ -47,12 +48,17 @@ class DetectionRun:
 
 def select_examples(cfg: DetectConfig) -> tuple[list[Example], dict[str, str]]:
     """Load, split, limit and preprocess (candidate cut, reversal, seeded shuffle)."""
-    examples, hashes = load_examples(cfg.data, cfg.format, beir_split=cfg.beir_split,
-                                     candidates=cfg.candidates)
-    if cfg.split != "all":
-        examples = split_examples(examples)[0 if cfg.split == "detect" else 1]
-    if cfg.limit:
-        examples = examples[: cfg.limit]
+    examples, hashes = [], {}
+    for path in cfg.data_paths:          # each file split on its own: halves stay disjoint
+        part, part_hashes = load_examples(path, cfg.format, beir_split=cfg.beir_split,
+                                          candidates=cfg.candidates)
+        if cfg.split != "all":
+            part = split_examples(part)[0 if cfg.split == "detect" else 1]
+        examples += part[: cfg.limit] if cfg.limit else part
+        hashes.update(part_hashes)
+    dup = first_duplicate(e.qid for e in examples)
+    if dup is not None:
+        raise DetectionError(f"example id {dup!r} appears in more than one of {cfg.data_paths}")
     # One generator seeded once, consumed example by example: the reference's random.seed(42)
     # followed by random.shuffle(docs) in the loop.
     rng = random.Random(cfg.shuffle_seed) if cfg.shuffle_seed is not None else None
@@ -63,7 +69,7 @@ def select_examples(cfg: DetectConfig) -> tuple[list[Example], dict[str, str]]:
             docs.reverse()
         if rng is not None:
             rng.shuffle(docs)
-        out.append(Example(ex.qid, ex.query, tuple(docs), ex.gold_ids))
+        out.append(replace(ex, documents=tuple(docs)))
     return out, hashes
 
 
@@ -77,6 +83,10 @@ def ensure_ray(address: str | None) -> None:
     if address:
         ray.init(address=address)
     else:
+        # Ray starts workers at niceness 15: on a shared machine the actors then get a few
+        # percent of a core (measured: 5 % each under load 20). A local cluster we start
+        # ourselves scores at normal priority, as the Serve launcher does (env overrides).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(include_dashboard=False, log_to_driver=True)
 
 

@@ -6,7 +6,11 @@ serves both recipes:
 
 * ``mass``: Σ over the gold documents of each head's score (0 when no gold is in the prompt);
 * ``ndcg``: each head's nDCG@k of ranking the prompt's documents by its own score, computed by
-  ranx (None when the example has no gold: pytrec_eval/BEIR skip queries without qrels too).
+  ranx (None when the example has no gold: pytrec_eval/BEIR skip queries without qrels too);
+* ``contrast`` (CoRe-style, arXiv 2510.02219): the gap between the mean score of the gold
+  documents and the score of the hardest negative (the highest-scoring non-gold document in
+  the prompt). A head that puts mass on gold *and* on distractors scores low here, unlike
+  ``mass``. None without gold or without a negative.
 
 On the driver, a head's score is the mean of its per-example values (``mass``: over every
 example, as the reference LME recipe; ``ndcg``: over examples with gold).
@@ -19,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-RECIPES = ("mass", "ndcg")
+RECIPES = ("mass", "ndcg", "contrast")
 
 
 def gold_mass(doc_scores: torch.Tensor, doc_ids: Sequence[str], gold: frozenset[str]
@@ -52,11 +56,23 @@ def head_ndcg(doc_scores: torch.Tensor, doc_ids: Sequence[str], gold: frozenset[
     return [float(run.scores[metric][key]) for key in keys]
 
 
+def hard_negative_gap(doc_scores: torch.Tensor, doc_ids: Sequence[str], gold: frozenset[str]
+                      ) -> list[float] | None:
+    """``[H]`` mean gold score minus the best non-gold score, or None without both."""
+    pos = [i for i, d in enumerate(doc_ids) if d in gold]
+    neg = [i for i, d in enumerate(doc_ids) if d not in gold]
+    if not pos or not neg:
+        return None
+    s = doc_scores.double()
+    return (s[:, pos].mean(dim=1) - s[:, neg].max(dim=1).values).tolist()
+
+
 def example_vectors(doc_scores: torch.Tensor, doc_ids: Sequence[str], gold: frozenset[str],
                     ndcg_k: int) -> dict:
-    """The per-example record of both recipes (JSON-serialisable)."""
+    """The per-example record of every recipe (JSON-serialisable)."""
     return {"mass": gold_mass(doc_scores, doc_ids, gold),
-            "ndcg": head_ndcg(doc_scores, doc_ids, gold, ndcg_k)}
+            "ndcg": head_ndcg(doc_scores, doc_ids, gold, ndcg_k),
+            "contrast": hard_negative_gap(doc_scores, doc_ids, gold)}
 
 
 def reduce_scores(records: Sequence[dict], recipe: str) -> np.ndarray:
@@ -67,6 +83,9 @@ def reduce_scores(records: Sequence[dict], recipe: str) -> np.ndarray:
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
+    if any(recipe not in r for r in records):
+        raise ValueError(f"recipe {recipe!r}: checkpoint records made before it existed; "
+                         "rerun with resume=False")
     rows = [r[recipe] for r in records if r[recipe] is not None]
     if not rows:
         raise ValueError(f"recipe {recipe!r}: no example has gold documents")

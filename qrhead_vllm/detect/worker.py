@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any, Sequence
 
-from qrhead_vllm.data import Example
+from qrhead_vllm.datasets import Example
 
 # The settings a worker needs (those that change scores are hashed by DetectConfig.scoring_key).
 WORKER_FIELDS = ("model", "backend", "dtype", "engine_kwargs", "max_words", "calibrate",

