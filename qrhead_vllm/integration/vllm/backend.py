@@ -19,6 +19,7 @@ from qrhead_vllm.core import ScoringPrompt
 from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.heads import ModelFacts
 from qrhead_vllm.integration.vllm.engine_args import engine_env, engine_kwargs
+from qrhead_vllm.integration.vllm.layer_cut import last_layer_of
 from qrhead_vllm.integration.vllm.request_spec import RequestSpec
 from qrhead_vllm.integration.vllm.worker_ext import decode_rows
 
@@ -59,10 +60,13 @@ def merge_worker_results(replies: Sequence[dict], key: str, num_heads: int) -> t
 
 
 class _ModelInfo:
-    """Tokenizer and config facts shared by both vLLM backends."""
+    """Tokenizer and config facts shared by both vLLM backends. ``last_layer`` is the cut of a
+    score-only engine (None: the full model), read from the engine's own config."""
 
-    def _init_model_info(self, model_path: str, model_id: str, model_config) -> None:
+    def _init_model_info(self, model_path: str, model_id: str, vllm_config) -> None:
         from transformers import AutoTokenizer
+        model_config = vllm_config.model_config
+        self.last_layer = last_layer_of(vllm_config)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # fast: char offsets
         self.hf_config = model_config.hf_config
         self.facts = ModelFacts.from_hf_config(self.hf_config, model_id)
@@ -80,8 +84,7 @@ class VLLMBackend(_ModelInfo):
         kwargs = engine_kwargs(model_path, dtype, **overrides)
         with engine_env(kwargs.get("tensor_parallel_size", 1)):
             self.llm = LLM(**kwargs)
-        self._init_model_info(model_path, model_id or model_path,
-                              self.llm.llm_engine.model_config)
+        self._init_model_info(model_path, model_id or model_path, self.llm.llm_engine.vllm_config)
 
     def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
         real = self._prefill([(r.real, r.heads) for r in requests])
@@ -122,7 +125,7 @@ class AsyncVLLMBackend(_ModelInfo):
 
     def __init__(self, engine, model_path: str, model_id: str | None = None):
         self.engine = engine
-        self._init_model_info(model_path, model_id or model_path, engine.model_config)
+        self._init_model_info(model_path, model_id or model_path, engine.vllm_config)
 
     @classmethod
     def start(cls, model_path: str, model_id: str | None = None, dtype: str = "float32",
