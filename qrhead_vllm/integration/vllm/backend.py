@@ -2,13 +2,22 @@
 
 A scoring request is an ordinary prefill (``max_tokens=1``) whose SamplingParams carry a
 :class:`RequestSpec`; the worker hook captures the selected heads and keeps the result under
-the spec's key until we pop it with ``collective_rpc``. The real prompts are submitted first,
-their null twins ("N/A") after the real prefill finished, so the null pass hits the documents'
-prefix in the prefix cache and computes only the suffix.
+the spec's key until we pop it with ``collective_rpc``.
+
+Calibration: a real prompt and its null twin ("N/A") are submitted together, in one engine
+call. They share every token before the query span, and vLLM registers a request's blocks in
+the prefix cache when it schedules them, so whichever of the two is scheduled second finds the
+documents' blocks of the first (in the same step too: each layer writes the whole batch's keys
+before any of its attention runs) and computes only its own suffix. The offline backend puts
+the reals first, so with vLLM's first-come-first-served scheduling the null is the one that
+hits (``MassResult.null_cached_tokens``); a twin scheduled while its partner's prefill is still
+under way gets a shorter hit, never a wrong score. Separate calls, the real one first
+(``one_call=False``), cost a second engine step per query for the same cache hit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any, Sequence
 
@@ -79,18 +88,22 @@ class VLLMBackend(_ModelInfo):
     """Offline backend on ``vllm.LLM``; a batch of queries is prefilled together."""
 
     def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
-                 **overrides: Any):
+                 one_call: bool = True, **overrides: Any):
         from vllm import LLM
+        self.one_call = one_call    # False: the null twins in a second call, after the reals
         kwargs = engine_kwargs(model_path, dtype, **overrides)
         with engine_env(kwargs.get("tensor_parallel_size", 1)):
             self.llm = LLM(**kwargs)
         self._init_model_info(model_path, model_id or model_path, self.llm.llm_engine.vllm_config)
 
     def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
-        real = self._prefill([(r.real, r.heads) for r in requests])
         nulls = [(i, r) for i, r in enumerate(requests) if r.null is not None]
-        null = dict(zip([i for i, _ in nulls], self._prefill([(r.null, r.heads) for _, r in nulls])))
-        keys = [k for k, _ in real] + [k for k, _ in null.values()]
+        items = [(r.real, r.heads) for r in requests] + [(r.null, r.heads) for _, r in nulls]
+        n = len(requests)
+        done = (self._prefill(items) if self.one_call
+                else self._prefill(items[:n]) + self._prefill(items[n:]))
+        real, null = done[:n], dict(zip([i for i, _ in nulls], done[n:]))
+        keys = [k for k, _ in done]
         replies = self.llm.collective_rpc("qrhead_pop", args=(keys,))
         out = []
         for i, r in enumerate(requests):
@@ -140,15 +153,20 @@ class AsyncVLLMBackend(_ModelInfo):
 
     async def attention_mass_async(self, req: MassRequest) -> MassResult:
         keys: list[str] = []
+        passes = [asyncio.ensure_future(self._prefill(p, req.heads, keys))
+                  for p in (req.real, req.null) if p is not None]
         try:
-            real_key, _ = await self._prefill(req.real, req.heads, keys)
-            null_key, null_hits = (await self._prefill(req.null, req.heads, keys)
-                                   if req.null is not None else (None, None))
+            done = await asyncio.gather(*passes)
             replies = await self.engine.collective_rpc("qrhead_pop", args=(keys,))
         except BaseException:
-            if keys:  # cancelled or failed: drop whatever the workers finished for us
+            for task in passes:   # one failed or we were cancelled: stop the other (aborts it)
+                task.cancel()
+            await asyncio.gather(*passes, return_exceptions=True)
+            if keys:  # drop whatever the workers finished for us
                 await self.engine.collective_rpc("qrhead_pop", args=(keys,))
             raise
+        (real_key, _), (null_key, null_hits) = done[0], (done[1] if len(done) > 1
+                                                          else (None, None))
         n = len(req.heads)
         null = merge_worker_results(replies, null_key, n) if null_key else None
         return MassResult(merge_worker_results(replies, real_key, n), null, null_hits)
