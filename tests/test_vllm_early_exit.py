@@ -149,3 +149,26 @@ def test_the_worker_refuses_an_unverified_model_class():
         parallel_config=SimpleNamespace(pipeline_parallel_size=1))
     with pytest.raises(EngineCompatibilityError, match="Qwen2ForCausalLM"):
         check_cut(config, 20)
+
+
+def test_admission_rules_of_a_score_only_engine():
+    from types import SimpleNamespace
+
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+
+    from qrhead_vllm.integration.vllm.layer_cut import additional_config, check_request
+    from qrhead_vllm.integration.vllm.request_spec import RequestSpec
+    cut, full = (SimpleNamespace(additional_config=additional_config(LAST)),
+                 SimpleNamespace(additional_config={}))
+    spec = RequestSpec("k", 10, ((0, 1), (LAST, 2))).to_extra_args()
+    check_request(cut, SamplingParams(max_tokens=1, extra_args=spec))          # admitted
+    for params in (SamplingParams(max_tokens=16),                             # generation
+                   SamplingParams(max_tokens=16, extra_args=spec),            # more than 1 token
+                   SamplingParams(max_tokens=1, extra_args=spec, prompt_logprobs=1)):
+        with pytest.raises(VLLMValidationError, match="score-only"):
+            check_request(cut, params)
+        check_request(full, params)                   # a full engine admits all of them
+    deep = RequestSpec("k", 10, ((0, 1), (LAST + 1, 2))).to_extra_args()
+    with pytest.raises(VLLMValidationError, match=f"layer {LAST + 1} lie beyond"):
+        check_request(cut, SamplingParams(max_tokens=1, extra_args=deep))

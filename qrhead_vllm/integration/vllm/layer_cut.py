@@ -105,10 +105,12 @@ def check_request(vllm_config, params) -> None:
         return
     from vllm.exceptions import VLLMValidationError
     spec = RequestSpec.from_sampling_params(params)
-    if spec is None or getattr(params, "max_tokens", None) != 1:
+    wants_logits = getattr(params, "logprobs", None) or getattr(params, "prompt_logprobs", None)
+    if spec is None or getattr(params, "max_tokens", None) != 1 or wants_logits:
         raise VLLMValidationError(
             f"this engine is score-only (it computes layers 0..{last_layer} and has no valid "
-            "logits): it accepts QRHead scoring requests with max_tokens=1 only, not generation")
+            "logits): it accepts QRHead scoring requests with max_tokens=1 only, not generation "
+            "or log-probabilities")
     beyond = beyond_last_layer(spec.heads, last_layer)
     if beyond is not None:
         raise VLLMValidationError(beyond)
