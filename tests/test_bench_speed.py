@@ -84,6 +84,9 @@ def test_prompts_fit_their_targets(prompt_ranker, hotpotqa_split):
     examples = hotpotqa_split[0] + hotpotqa_split[1]
     item = length_item(prompt_ranker, examples, 4096, start=3)
     assert 3800 <= item.tokens <= 4096 and item.request.null.num_tokens <= 4096
+    # The calibration lengths get distinct labels (timings are keyed by label).
+    labels = [length_item(prompt_ranker, examples, t).label for t in (1024, 1536, 2048)]
+    assert labels == ["1K", "1.5K", "2K"]
     assert docs_item(prompt_ranker, examples, 150, 15).tokens <= 8192   # 160 docs vendored
     with pytest.raises(ValueError, match="only 160 documents"):
         docs_item(prompt_ranker, examples, 200, 15)
