@@ -33,13 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # `python bench/rerank_throughput.py`
 
 from bench.report import git_commit, machine, now  # noqa: E402
+from qrhead_vllm.data import HOTPOTQA  # noqa: E402
 from qrhead_vllm.serve.testing import hotpotqa_examples  # noqa: E402
 
 START, END = "<!-- bench:rerank_throughput:start -->", "<!-- bench:rerank_throughput:end -->"
 
 
-def workload(n: int, docs_per_request: int) -> list[dict]:
-    examples, tag = hotpotqa_examples(), uuid.uuid4().hex[:8]
+def workload(n: int, docs_per_request: int, path: Path = HOTPOTQA) -> list[dict]:
+    examples, tag = hotpotqa_examples(path), uuid.uuid4().hex[:8]   # default: the shared data
     out = []
     for i in range(n):
         ex = examples[i % len(examples)]

@@ -194,3 +194,13 @@ async def _call_asgi_streams_and_cancels():
     assert (await agen.__anext__()).startswith(b"data: 0")
     await agen.aclose()                      # the client went away
     await asyncio.wait_for(cancelled.wait(), 5)
+
+
+def test_rerank_throughput_workload_is_distinct_per_request():
+    from bench.rerank_throughput import workload
+    from tests.conftest import HOTPOTQA_EVAL
+    reqs = workload(12, 10, HOTPOTQA_EVAL)                # more requests than records: wraps
+    assert len(reqs) == 12 and all(len(r["documents"]) == 10 for r in reqs)
+    firsts = [r["documents"][0]["text"] for r in reqs]
+    assert len(set(firsts)) == 12                          # no prefix-cache hit across requests
+    assert reqs[10]["query"] == reqs[0]["query"]
