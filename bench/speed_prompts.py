@@ -70,7 +70,7 @@ def length_item(ranker, examples: list[Example], target: int, start: int = 0) ->
     while req.real.num_tokens > target or (req.null and req.null.num_tokens > target):
         chosen.pop()                      # the estimate was short: drop documents until it fits
         _, req = ranker.prepare(query, chosen)
-    return Item(f"{target / 1024:.0f}K", req, len(chosen))
+    return Item(f"{round(target / 512) / 2:g}K", req, len(chosen))   # nearest 0.5K: 1.5K, 8K
 
 
 def docs_item(ranker, examples: list[Example], num_docs: int, words: int) -> Item:

@@ -8,12 +8,14 @@ import platform
 from pathlib import Path
 
 from bench.report import git_commit
-from bench.speed_timing import Ratio, Timings
+from bench.speed_tables import (bf16_table, engine_memory_table, memory_table, targets_table,
+                                timing_table)
+from bench.speed_timing import Timings
 
 NOTES = Path(__file__).resolve().parent / "speed_notes.md"
 MIB = 2 ** 20
 GPU_COMMAND = "python bench/gpu_capture.py"
-COLORS = {"real+null": "C0", "plain": "C1", "transformers": "C2"}   # same line, same colour
+COLORS = {"early": "C0", "plain": "C1", "transformers": "C2", "reference": "C3"}   # same line, same colour
 
 
 def capture_bytes(shape, tokens: int, span: int, block_size: int, elem: int = 4) -> int:
@@ -62,66 +64,6 @@ def versions() -> str:
     return ", ".join(out)
 
 
-def target_rows(run) -> list[tuple[str, Ratio, Ratio, float, str, callable]]:
-    """(figure, wall ratio, CPU ratio, best-of-N ratio, target text, test) per target."""
-    rows, t = [], run.timings
-    at_most = lambda x: lambda r: r.median <= x       # noqa: E731
-    if "overhead" in t:
-        o = t["overhead"]
-        hot = [i.label for i in o.items if i.label.startswith("hotpot")]
-        long = [i.label for i in o.items if not i.label.startswith("hotpot")]
-        for labels, what in ((hot, "HotpotQA prompts"), (long, "long prompt")):
-            if labels:
-                tok = "/".join(str(i.tokens) for i in o.items if i.label in labels)
-                rows.append((f"capture overhead, hook on / off ({what}, {tok} tokens)",
-                             o.ratio("capture", "plain", labels),
-                             o.ratio("capture", "plain", labels, "cpu"),
-                             o.best_ratio("capture", "plain", labels), "≤ 1.05", at_most(1.05)))
-    if "compare" in t:
-        c = t["compare"]
-        rows.append(("calibration overhead, with / without the null pass",
-                     c.ratio("real+null", "real"), c.ratio("real+null", "real", kind="cpu"),
-                     c.best_ratio("real+null", "real"), "≤ 1.10", at_most(1.10)))
-        rows.append(("transformers reference port / our vLLM path, per query",
-                     c.ratio("transformers", "real+null"),
-                     c.ratio("transformers", "real+null", kind="cpu"),
-                     c.best_ratio("transformers", "real+null"), "≥ 3",
-                     lambda r: r.median >= 3))
-    return rows
-
-
-def targets_table(run) -> list[str]:
-    rows = target_rows(run)
-    if not rows:
-        return []
-    yes = lambda ok: "yes" if ok else "**no**"       # noqa: E731
-    out = ["## Targets", "", "| figure | wall-time ratio | CPU-time ratio | best-of-N ratio | "
-           "target | met (wall / CPU / best) |", "|---|---|---|---|---|---|"]
-    for f, w, c, best, tgt, ok in rows:
-        b = Ratio(best, best, best, 1)
-        out.append(f"| {f} | {w} | {c} | {best:.3f} | {tgt} | {yes(ok(w))} / {yes(ok(c))} / "
-                   f"{yes(ok(b))} |")
-    return out + [""]
-
-
-def timing_table(tm: Timings, ratios: dict[str, tuple[str, str]], hook: bool = False) -> str:
-    """Median wall seconds per variant, then each ratio as wall and CPU medians of pairs; with
-    ``hook``, the median milliseconds spent inside the capture hook per variant."""
-    hooked = [v for v in tm.variants if hook and any(tm.extra.get("hook", {}).get(v, {}).values())]
-    cols = [f"{v} s" for v in tm.variants] + [f"{r} (wall / CPU)" for r in ratios]
-    cols += [f"hook ms, {v}" for v in hooked]
-    out = ["| prompt | tokens | docs | " + " | ".join(cols) + " |",
-           "|---" * (3 + len(cols)) + "|"]
-    for item in tm.items:
-        cells = [f"{tm.median(v, item.label):.2f}" for v in tm.variants]
-        cells += [f"{tm.ratio(a, b, [item.label]).median:.3f} / "
-                  f"{tm.ratio(a, b, [item.label], 'cpu').median:.3f}" for a, b in ratios.values()]
-        cells += [f"{1e3 * tm.median(v, item.label, 'hook'):.1f}" for v in hooked]
-        out.append(f"| {item.label} | {item.tokens} | {item.num_docs} | " + " | ".join(cells)
-                   + " |")
-    return "\n".join(out)
-
-
 def plot(tm: Timings, x: str, path: Path, title: str, labels: dict[str, str]) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -163,18 +105,18 @@ def memory_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def memory_table(rows: list[dict]) -> str:
-    out = ["| tokens | capture measured MiB | capture from shapes MiB | reference recompute "
-           "MiB | model KV cache MiB | capture / KV cache |", "|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        ref = f"{r['reference'] / MIB:.1f}" if "reference" in r else "not run"
-        out.append(f"| {r['tokens']} | {r['ours'] / MIB:.2f} | {r['formula'] / MIB:.2f} | {ref} "
-                   f"| {r['kv_cache'] / MIB:.0f} | {100 * r['ours'] / r['kv_cache']:.1f} % |")
-    return "\n".join(out)
-
-
-LABELS = {"real+null": "vLLM + capture (real + null pass)", "plain": "vLLM, plain prefill",
-          "transformers": "transformers reference port (real + null)"}
+LABELS = {"early": "vLLM score-only engine + capture (real + null pass)",
+          "plain": "vLLM full model, plain prefill",
+          "transformers": "our transformers port (real + null)",
+          "reference": "published algorithm, all L×H heads (real + null)"}
+VARIANTS = ("`real`: score-only engine (layers up to the deepest selected head), real pass only; "
+            "`early`: the same with the null pass (the fast path, what a user gets); `full`: "
+            "the full-model engine, real + null; `transformers`: our port "
+            "(`TransformersBackend`: SDPA + selected-head rows, stops after the deepest "
+            "selected layer), real + null; `reference`: the published QRHead algorithm "
+            "(`bench/reference_baseline.py`: forward through every layer keeping all queries "
+            "and keys, then all L×H heads' span rows recomputed with a dense causal mask, real "
+            "+ null). All fp32 on the same cores.")
 
 
 def write(run, out: Path, name: str = "speed", notes: Path | None = NOTES) -> Path:
@@ -212,22 +154,54 @@ def write(run, out: Path, name: str = "speed", notes: Path | None = NOTES) -> Pa
                   timing_table(t["overhead"], {"capture / plain": ("capture", "plain")}, hook=True),
                   ""]
     if "compare" in t:
-        lines += ["## Calibration and the reference port", "", "`real`: our vLLM path without "
-                  "calibration; `real+null`: with the null pass (its prefix served from the "
-                  "cache); `transformers`: the reference port (`TransformersBackend`, SDPA + "
-                  "selected-head rows, stops after the last selected layer), real + null.", "",
-                  timing_table(t["compare"], {"calibration": ("real+null", "real"),
-                                              "transformers / vLLM": ("transformers", "real+null")},
-                               hook=True), ""]
+        lines += ["## Early exit, calibration and the baselines", "", VARIANTS, "",
+                  timing_table(t["compare"], {
+                      "early / full": ("early", "full"), "calibration": ("early", "real"),
+                      "reference / early": ("reference", "early"),
+                      "transformers / early": ("transformers", "early")}, hook=True), ""]
+    if "calibration" in t:
+        lines += ["## Calibration overhead by prompt length", "", "Score-only engine; `real`: "
+                  "without the null pass; `early`: with it, real and null submitted in one "
+                  "engine call (the default since issue 13); `early, 2 calls`: the null in a "
+                  "second call after the real (before issue 13); `small blocks`: the same on a "
+                  f"score-only engine with smaller KV blocks ({run.facts.get('KV block size')}"
+                  "). Every null is served from the prefix cache up to the last full block "
+                  "before the query span, so smaller blocks leave fewer document tokens to "
+                  "recompute.", "",
+                  timing_table(t["calibration"], {
+                      "calibration": ("early", "real"),
+                      "calibration, 2 calls": ("early, 2 calls", "real"),
+                      "calibration, small blocks": ("early, small blocks", "real, small blocks"),
+                      "small / default blocks, real": ("real, small blocks", "real"),
+                      "small / default blocks, real + null": ("early, small blocks", "early")}),
+                  ""]
+    if run.engine_memory:
+        lines += ["## Retriever memory with and without the unloaded layers", "", "Each "
+                  "engine's own tensors as its worker counts them (`qrhead_memory`): weights "
+                  "(tied embeddings once) and the KV cache, both engines sized for the same "
+                  "tokens (`max_model_len` × `kv_cache_sequences`). The score-only engine "
+                  "holds neither the weights nor the KV cache of the layers after its cut.", "",
+                  engine_memory_table(run.engine_memory), ""]
+    if "bf16" in t:
+        lines += ["## bf16 vs fp32 (score-only engines)", "", "Speed: paired on the HotpotQA "
+                  "prompts above.", "", timing_table(t["bf16"], {
+                      "bf16 / fp32": ("early bf16", "early")}), ""]
+    if run.bf16 is not None:
+        lines += ["Scores on the evaluation split of the shared HotpotQA set (the heads were "
+                  "detected on the other half); noise = the 95 % paired-bootstrap interval of "
+                  "the per-query nDCG@10 difference (`bench/speed_bf16.py`).", "",
+                  bf16_table(run.bf16), ""]
     for key, x, title in (("docs", "docs", f"documents cut to {a.doc_words} words"),
                           ("lengths", "tokens", "whole real documents")):
         if key in t and t[key].items:
             png = f"{name}_{key}.png"
             plot(t[key], x, out / png, f"Time per query vs {'documents' if x == 'docs' else 'context length'}"
                  f" ({title}), median of {a.scaling_reps}", LABELS)
-            ratios = {"transformers / vLLM": ("transformers", "real+null")}
+            ratios = {"transformers / vLLM": ("transformers", "early")}
+            if "reference" in t[key].variants:
+                ratios["reference / vLLM"] = ("reference", "early")
             if "plain" in t[key].variants:
-                ratios["capture+null / plain"] = ("real+null", "plain")
+                ratios["score-only+null / full plain"] = ("early", "plain")
             lines += [f"## Scaling: {'documents' if x == 'docs' else 'context length'} ({title})",
                       "", timing_table(t[key], ratios), "", f"![{key}]({png})", ""]
     if run.skipped:

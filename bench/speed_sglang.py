@@ -127,7 +127,7 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     log = use_cpu_standins() if not _has_cuda() else None
-    from qrhead_vllm.data import HOTPOTQA, load_hotpotqa
+    from qrhead_vllm.datasets import HOTPOTQA, load_hotpotqa
     from qrhead_vllm.ranker import QRHeadRanker
     import sglang
     facts = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

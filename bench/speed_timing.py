@@ -110,6 +110,8 @@ def interleave(variants: dict[str, Callable[[Item], None]], items: list[Item], r
     ``Timings.extra[key][variant][label]``.
     """
     names = list(variants)
+    if len({i.label for i in items}) != len(items):     # timings are keyed by label
+        raise ValueError(f"item labels must be distinct: {[i.label for i in items]}")
     empty = lambda: {n: {i.label: [] for i in items} for n in names}  # noqa: E731
     out = Timings(names, items, empty(), empty())
     if warmup and items:

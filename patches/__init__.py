@@ -26,10 +26,25 @@ def wrap_method(cls: type, name: str, expected_params: tuple[str, ...], make_wra
     Raises:
         EngineCompatibilityError: the method is missing or its parameters changed.
     """
-    target = f"{cls.__module__}.{cls.__qualname__}.{name}"
+    _wrap(cls, f"{cls.__module__}.{cls.__qualname__}.{name}", name, expected_params,
+          make_wrapper)
+
+
+def wrap_function(module, name: str, expected_params: tuple[str, ...], make_wrapper) -> None:
+    """:func:`wrap_method` for a module-level function. Only callers that look the function up
+    on the module at call time (``from module import f`` inside a function body) see the
+    wrapper; a name bound at import time elsewhere keeps the original.
+
+    Raises:
+        EngineCompatibilityError: the function is missing or its parameters changed.
+    """
+    _wrap(module, f"{module.__name__}.{name}", name, expected_params, make_wrapper)
+
+
+def _wrap(owner, target: str, name: str, expected_params: tuple[str, ...], make_wrapper) -> None:
     if target in PATCHED:
         return
-    original = cls.__dict__.get(name)
+    original = owner.__dict__.get(name)
     if original is None:
         raise EngineCompatibilityError(f"cannot patch {target}: it does not exist")
     params = tuple(inspect.signature(original).parameters)[: len(expected_params)]
@@ -37,6 +52,6 @@ def wrap_method(cls: type, name: str, expected_params: tuple[str, ...], make_wra
         raise EngineCompatibilityError(
             f"cannot patch {target}: expected parameters {expected_params}, found {params}")
     wrapper = functools.wraps(original)(make_wrapper(original))
-    setattr(cls, name, wrapper)
+    setattr(owner, name, wrapper)
     PATCHED[target] = original
     logger.info("qrhead-vllm wrapped %s", target)

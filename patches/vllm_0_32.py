@@ -11,6 +11,11 @@
 4. ``find_longest_cache_hit`` of the KV-cache coordinators: cap a scoring request's prefix-cache
    hit at its query-span start. The span's queries are never cached, so a hit inside the span
    would lose rows; the documents before it are shared as usual (the null pass relies on it).
+5. Score-only engines (``integration/vllm/layer_cut.py``): ``<ModelRunner>.load_model`` builds
+   the model with ``get_pp_indices`` ending the single pipeline stage after the engine's
+   ``last_layer`` (``make_layers`` then leaves the later layers as unloaded placeholders), and
+   checks the result; ``InputProcessor._validate_params`` refuses generation and heads beyond
+   the cut at admission.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ import logging
 from qrhead_vllm.errors import EngineCompatibilityError
 from qrhead_vllm.integration.vllm.capture import STORE
 from qrhead_vllm.integration.vllm.kv_layout import verify_layer
+from qrhead_vllm.integration.vllm.layer_cut import (check_cut, check_request, last_layer_of,
+                                                    verify_partial_model)
 from qrhead_vllm.integration.vllm.request_spec import RequestSpec
-from qrhead_vllm.patches import wrap_method
+from qrhead_vllm.patches import wrap_function, wrap_method
 
 logger = logging.getLogger(__name__)
 _hit_cap: contextvars.ContextVar[int | None] = contextvars.ContextVar("qrhead_hit_cap",
                                                                        default=None)
+_layer_cut: contextvars.ContextVar[int | None] = contextvars.ContextVar("qrhead_layer_cut",
+                                                                        default=None)
 ATTENTION_IMPLS = (
     ("vllm.v1.attention.backends.cpu_attn", "CPUAttentionBackendImpl"),
     ("vllm.v1.attention.backends.flash_attn", "FlashAttentionImpl"),
@@ -39,6 +48,7 @@ def apply() -> None:
     _patch_attention()
     _patch_runner()
     _patch_prefix_cache()
+    _patch_layer_cut()
 
 
 def _attention_wrapper(original):
@@ -80,7 +90,7 @@ def _initialize_kv_cache_wrapper(original):
             if impl is not None and hasattr(layer, "kv_cache"):
                 # The index vLLM binds this layer's KV cache by; raises on what we cannot read.
                 layers[name] = (extract_layer_index(name), verify_layer(impl, layer))
-        STORE.set_layers(layers)
+        STORE.set_layers(self, layers)
         return out
     return initialize_kv_cache
 
@@ -130,3 +140,56 @@ def _patch_prefix_cache() -> None:
     for cls in (coord.UnitaryKVCacheCoordinator, coord.HybridKVCacheCoordinator):
         wrap_method(cls, "find_longest_cache_hit",
                     ("self", "block_hashes", "max_cache_hit_length"), _find_hit_wrapper)
+
+
+def _pp_indices_wrapper(original):
+    def get_pp_indices(num_hidden_layers, pp_rank, pp_size, *args, **kwargs):
+        start, end = original(num_hidden_layers, pp_rank, pp_size, *args, **kwargs)
+        cut = _layer_cut.get()
+        if cut is not None and pp_size == 1:   # only while a score-only model is being built
+            end = min(end, cut + 1)
+        return start, end
+    return get_pp_indices
+
+
+def _load_model_wrapper(original):
+    def load_model(self, *args, **kwargs):
+        cut = last_layer_of(self.vllm_config)
+        if cut is None:
+            return original(self, *args, **kwargs)
+        check_cut(self.vllm_config, cut)
+        token = _layer_cut.set(cut)
+        try:
+            out = original(self, *args, **kwargs)
+        finally:
+            _layer_cut.reset(token)
+        verify_partial_model(self.get_model(), cut)
+        logger.info("qrhead-vllm: score-only engine, layers 0..%d built and loaded", cut)
+        return out
+    return load_model
+
+
+def _validate_params_wrapper(original):
+    def _validate_params(self, params, *args, **kwargs):
+        out = original(self, params, *args, **kwargs)
+        check_request(self.vllm_config, params)
+        return out
+    return _validate_params
+
+
+def _patch_layer_cut() -> None:
+    from vllm.distributed import utils as dist_utils
+    from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+    wrap_function(dist_utils, "get_pp_indices", ("num_hidden_layers", "pp_rank", "pp_size"),
+                  _pp_indices_wrapper)
+    runners = [GPUModelRunner]
+    try:                         # the CPU runner overrides load_model (without calling ours)
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+        runners.append(CPUModelRunner)
+    except ImportError as e:
+        logger.debug("qrhead-vllm: no CPU model runner here (%s)", e)
+    for runner in runners:
+        wrap_method(runner, "load_model", ("self", "load_dummy_weights"), _load_model_wrapper)
+    wrap_method(InputProcessor, "_validate_params", ("self", "params", "supported_tasks"),
+                _validate_params_wrapper)

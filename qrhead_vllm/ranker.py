@@ -12,10 +12,11 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from qrhead_vllm.backends import MassRequest, ScoringBackend
-from qrhead_vllm.core import Passage, build_scoring_prompts, score_documents, truncate_words
+from qrhead_vllm.core import (Passage, beyond_last_layer, build_scoring_prompts, score_documents,
+                              truncate_words)
 from qrhead_vllm.core.prompt import NULL_QUERY
-from qrhead_vllm.errors import ContextOverflowError, InvalidInputError
-from qrhead_vllm.heads import HeadConfig
+from qrhead_vllm.errors import ContextOverflowError, HeadConfigError, InvalidInputError
+from qrhead_vllm.heads import HeadConfig, ModelFacts
 from qrhead_vllm.head_registry import resolve_heads
 from qrhead_vllm.models import DEFAULT_MODEL, prompt_template, resolve_model
 from qrhead_vllm.results import Document, DocId, RankedResults, prep_docs, ranked
@@ -39,6 +40,21 @@ def make_backend(backend: str, model: str, dtype: str, **engine_kwargs) -> Scori
     raise InvalidInputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
 
 
+def score_only_cut(model: str, heads: Any, last_layer: int | None = None) -> int:
+    """The last layer a score-only engine for ``heads`` must compute: ``last_layer`` when
+    given, else the deepest layer holding one of the heads (read before any engine starts)."""
+    if last_layer is not None:
+        return int(last_layer)
+    from transformers import AutoConfig
+    resolved = resolve_model(model)
+    facts = ModelFacts.from_hf_config(AutoConfig.from_pretrained(resolved.path),
+                                      resolved.model_id)
+    config = resolve_heads(heads, model, facts)
+    if config is None:                      # every head (ICR): every layer
+        return facts.num_layers - 1
+    return max(layer for layer, _ in config.pairs)
+
+
 class QRHeadRanker:
     """Zero-shot re-ranker scoring documents by the attention of query-focused retrieval heads.
 
@@ -55,6 +71,15 @@ class QRHeadRanker:
             (first-stage rank 1) sits next to the query, as the reference's BEIR runs do.
         window: how to rank more documents than fit one prompt (:class:`WindowConfig`);
             None raises :class:`ContextOverflowError` instead.
+        score_only: ``backend="vllm"`` only: start a score-only engine that builds, loads and
+            runs the model up to the deepest layer of ``heads`` (or ``last_layer``) and refuses
+            generation. Scores are the full model's, bit for bit.
+        last_layer: the cut of a score-only engine, when other head sets up to that layer
+            should also work on it (default: the deepest layer of ``heads``).
+
+    Raises:
+        HeadConfigError: ``heads`` that do not fit the model, or that lie beyond the last layer
+            of a score-only engine (the message names the layer).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, heads: Any = None,
@@ -62,10 +87,19 @@ class QRHeadRanker:
                  calibrate: bool = True, prompt_family: str | None = None,
                  max_words: int | None = None, null_query: str = NULL_QUERY,
                  reverse_order: bool = False, window: WindowConfig | None = WindowConfig(),
-                 **engine_kwargs):
+                 score_only: bool = False, last_layer: int | None = None, **engine_kwargs):
+        if score_only or last_layer is not None:
+            if backend != "vllm":
+                raise InvalidInputError("score_only / last_layer start a score-only vLLM engine: "
+                                        "use them with backend='vllm' (the transformers port "
+                                        "always stops after the deepest selected layer)")
+            engine_kwargs["last_layer"] = score_only_cut(model, heads, last_layer)
         self.backend = (make_backend(backend, model, dtype, **engine_kwargs)
                         if isinstance(backend, str) else backend)
         self.heads: HeadConfig | None = resolve_heads(heads, model, self.backend.facts)
+        beyond = beyond_last_layer(self.head_pairs, getattr(self.backend, "last_layer", None))
+        if beyond is not None:
+            raise HeadConfigError(beyond)
         self.template = prompt_template(self.backend.hf_config, self.backend.tokenizer,
                                         prompt_family)
         self.calibrate, self.max_words, self.null_query = calibrate, max_words, null_query

@@ -123,6 +123,16 @@ class RetrieverConfig(EngineConfig):
                                                        "carry.")
     window_tokens: int | None = Field(
         None, gt=0, description="Token budget of one scoring window (default: max_model_len).")
+    score_only: bool = Field(
+        False, description="A score-only engine: it builds, loads and runs the model only up to "
+                           "the deepest layer of `heads` (or `last_layer`), so the later layers "
+                           "cost neither time nor memory; scores are unchanged. Needs a "
+                           "separate generator (an engine that also generates keeps the full "
+                           "model); requests naming a head set deeper than the cut get a 400.")
+    last_layer: int | None = Field(
+        None, ge=0, description="The cut of a score-only retriever (default: the deepest layer "
+                                "of `heads`); set it to let requests name other head sets up to "
+                                "that layer.")
 
     @model_validator(mode="after")
     def _scorable(self) -> "RetrieverConfig":
@@ -133,6 +143,13 @@ class RetrieverConfig(EngineConfig):
         if self.engine_args.get("kv_cache_dtype", "auto") != "auto":
             raise ValueError("retriever.engine_args.kv_cache_dtype must be 'auto': QRHead "
                              "cannot score from a quantised KV cache")
+        if self.last_layer is not None and not self.score_only:
+            raise ValueError("retriever.last_layer is the cut of a score-only engine: set "
+                             "retriever.score_only: true with it")
+        if self.score_only and self.engine != "vllm":
+            raise ValueError("retriever.score_only is a vLLM engine feature (the layer cut is "
+                             "built with vLLM's pipeline-stage machinery): use engine: vllm, "
+                             "or score_only: false on SGLang")
         return self
 
 
@@ -183,6 +200,10 @@ class QRHeadServeConfig(_Config):
         if self.generator is not None and self.generator.engine != "vllm":
             raise ValueError("generator.engine must be 'vllm': the app bridges vLLM's OpenAI "
                              "server only (SGLang engines serve the retriever role)")
+        if self.retriever.score_only and self.generator is None:
+            raise ValueError("retriever.score_only needs a separate generator: the retriever's "
+                             "engine would also generate, and an engine that generates keeps "
+                             "the full model (set generator, or retriever.score_only: false)")
         if self.rag.rescore_candidates < self.rag.top_k:
             raise ValueError(f"rag.rescore_candidates ({self.rag.rescore_candidates}) must be "
                              f">= rag.top_k ({self.rag.top_k})")

@@ -35,21 +35,33 @@ def served_names(cfg: EngineConfig, model_id: str) -> list[str]:
     return [model_id] + ([cfg.model] if cfg.model in BUNDLED and cfg.model != model_id else [])
 
 
-def start_engine(cfg: EngineConfig, resolved, retriever: bool, names: list[str]):
-    """(AsyncLLM, its AsyncEngineArgs) for one engine config."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
-    from qrhead_vllm.integration.vllm.engine_args import engine_env, engine_kwargs
+def engine_kwargs_for(cfg: EngineConfig, resolved, retriever: bool,
+                      names: list[str]) -> dict[str, Any]:
+    """vLLM engine arguments of one engine config (a score-only retriever gets its cut)."""
+    from qrhead_vllm.integration.vllm.engine_args import engine_kwargs
 
-    os.environ.update(cfg.env)  # before vLLM reads its env and spawns the engine core
     overrides = cfg.vllm_overrides()
     dtype = overrides.pop("dtype", cfg.dtype)
+    if retriever and getattr(cfg, "score_only", False):
+        from qrhead_vllm.ranker import score_only_cut
+        heads = None if cfg.heads == "default" else cfg.heads
+        overrides["last_layer"] = score_only_cut(cfg.model, heads, cfg.last_layer)
     # A plain generator keeps vLLM's own defaults (CUDA graphs etc.) unless configured; every
     # engine on CPU is sized by what it needs (integration/vllm/memory.py).
     kwargs = engine_kwargs(resolved.path, dtype, qrhead=retriever,
                            kv_cache_sequences=cfg.kv_cache_sequences, **overrides)
     kwargs["served_model_name"] = names
-    engine_args = AsyncEngineArgs(**kwargs)
+    return kwargs
+
+
+def start_engine(cfg: EngineConfig, resolved, retriever: bool, names: list[str]):
+    """(AsyncLLM, its AsyncEngineArgs) for one engine config."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+    from qrhead_vllm.integration.vllm.engine_args import engine_env
+
+    os.environ.update(cfg.env)  # before vLLM reads its env and spawns the engine core
+    engine_args = AsyncEngineArgs(**engine_kwargs_for(cfg, resolved, retriever, names))
     from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
     with engine_env(cfg.tensor_parallel_size, qrhead=retriever):
         # vLLM's metrics through Ray's metrics agent, beside Ray Serve's and QRHead's (the

@@ -61,12 +61,26 @@ def test_kv_cache_alone_can_overflow_a_small_node():
                         weights=SMOLLM2_WEIGHTS, kv_cache_sequences=4)
 
 
-def test_weight_bytes_rescale_the_stored_dtype(tmp_path):
-    (tmp_path / "config.json").write_text('{"torch_dtype": "float32"}')
-    (tmp_path / "model.safetensors").write_bytes(b"\0" * 4000)
-    assert weight_bytes(str(tmp_path), "float32") == 4000
-    assert weight_bytes(str(tmp_path), "bfloat16") == 2000
+def test_weight_bytes_count_tensors_in_the_requested_dtype(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    save_file({"model.embed_tokens.weight": torch.zeros(10, 4),
+               "model.layers.0.mlp.weight": torch.zeros(4, 4),
+               "model.layers.1.mlp.weight": torch.zeros(4, 4),
+               "model.layers.12.mlp.weight": torch.zeros(4, 4)}, tmp_path / "model.safetensors")
+    assert weight_bytes(str(tmp_path), "float32") == (40 + 3 * 16) * 4
+    assert weight_bytes(str(tmp_path), "bfloat16") == (40 + 3 * 16) * 2
+    # A score-only engine cut after layer 1 holds neither layer 12 (nor "layers.1" twice).
+    assert weight_bytes(str(tmp_path), "float32", last_layer=1) == (40 + 2 * 16) * 4
     assert weight_bytes("org/hub-id", "float32") is None
+
+
+def test_score_only_engine_is_sized_for_its_layers():
+    plan = plan_cpu_memory(SMOLLM2, "float32", 4096, available_bytes=24 * GiB,
+                           kv_cache_sequences=2, num_layers=24)
+    assert plan.kv_cache_bytes == 2 * 4096 * kv_bytes_per_token(SMOLLM2, "float32", 24)
+    assert kv_bytes_per_token(SMOLLM2, "float32", 24) * 30 == 46080 * 24
+    assert "weights of layers 0..23" in plan.describe()
 
 
 def test_node_of_binding_reads_the_first_cpu():

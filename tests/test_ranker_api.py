@@ -111,6 +111,21 @@ def test_head_outside_the_model_is_our_error(smollm2_backend):
         QRHeadRanker("smollm2-135m", heads=[(99, 0)], backend=smollm2_backend)
 
 
+def test_score_only_cut_is_the_deepest_selected_layer():
+    from qrhead_vllm.ranker import score_only_cut
+    assert score_only_cut("smollm2-135m", None) == 23           # the shipped heads: layers 7-23
+    assert score_only_cut("smollm2-135m", [(0, 1), (12, 4), (3, 0)]) == 12
+    assert score_only_cut("smollm2-135m", "all") == 29          # every head: every layer
+    assert score_only_cut("smollm2-135m", None, last_layer=27) == 27
+
+
+def test_score_only_is_for_the_vllm_backend(smollm2_backend):
+    # Refused before any engine or model is loaded: the port already stops early.
+    for backend in ("transformers", smollm2_backend):
+        with pytest.raises(InvalidInputError, match="score-only vLLM engine"):
+            QRHeadRanker("smollm2-135m", backend=backend, score_only=True)
+
+
 # --- `qrhead rerank` (a thin layer over the API; it reuses the session's SmolLM2) ----------
 
 class _SharedBackend:

@@ -27,10 +27,11 @@ from qrhead_vllm.serve.windows import pack_windows
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "serve"
 
 
-@pytest.mark.parametrize("name", ["cpu.yaml", "cluster.yaml"])
+@pytest.mark.parametrize("name", ["cpu.yaml", "cpu-score-only.yaml", "cluster.yaml"])
 def test_shipped_configs_load(name):
     cfg = QRHeadServeConfig.from_yaml(CONFIGS / name)
     assert cfg.shared_engine == (name == "cpu.yaml")
+    assert cfg.retriever.score_only == (name == "cpu-score-only.yaml")
     if name == "cluster.yaml":
         assert cfg.generator.vllm_overrides()["tensor_parallel_size"] == 8
         assert len(cfg.generator.deployment.placement_group_bundles) == 9
@@ -68,6 +69,33 @@ def test_sglang_retriever_config():
                                                 "chunked_prefill_size": 512}
     with pytest.raises(ValidationError, match="generator.engine must be 'vllm'"):
         QRHeadServeConfig.model_validate({"generator": {"engine": "sglang"}})
+
+
+def test_score_only_retriever_needs_its_own_generator():
+    with pytest.raises(ValidationError, match="score_only needs a separate generator"):
+        QRHeadServeConfig.model_validate({"retriever": {"score_only": True}})
+    with pytest.raises(ValidationError, match="last_layer is the cut of a score-only engine"):
+        QRHeadServeConfig.model_validate({"retriever": {"last_layer": 20}, "generator": {}})
+    with pytest.raises(ValidationError, match="score_only is a vLLM engine feature"):
+        QRHeadServeConfig.model_validate({"retriever": {"score_only": True, "engine": "sglang"},
+                                          "generator": {}})
+
+
+@pytest.mark.parametrize("retriever,last_layer", [
+    ({}, 23),                                          # the shipped default heads: layers 7-23
+    ({"heads": [[0, 1], [12, 4]]}, 12),
+    ({"heads": "default", "last_layer": 27}, 27),
+])
+def test_score_only_retriever_engine_gets_its_cut(retriever, last_layer):
+    from qrhead_vllm.models import resolve_model
+    from qrhead_vllm.serve.engine import engine_kwargs_for
+    cfg = load_config({"config": str(CONFIGS / "cpu-score-only.yaml"),
+                       **{f"retriever.{k}": v for k, v in retriever.items()}})
+    resolved = resolve_model(cfg.retriever.model)
+    kwargs = engine_kwargs_for(cfg.retriever, resolved, True, ["m"])
+    assert kwargs["additional_config"] == {"qrhead": {"last_layer": last_layer}}
+    generator = engine_kwargs_for(cfg.generator, resolved, False, ["m"])
+    assert "additional_config" not in generator      # the generator keeps the full model
 
 
 def test_every_config_field_is_described():
@@ -203,3 +231,13 @@ async def _call_asgi_streams_and_cancels():
     assert (await agen.__anext__()).startswith(b"data: 0")
     await agen.aclose()                      # the client went away
     await asyncio.wait_for(cancelled.wait(), 5)
+
+
+def test_rerank_throughput_workload_is_distinct_per_request():
+    from bench.rerank_throughput import workload
+    from tests.conftest import HOTPOTQA_EVAL
+    reqs = workload(12, 10, HOTPOTQA_EVAL)                # more requests than records: wraps
+    assert len(reqs) == 12 and all(len(r["documents"]) == 10 for r in reqs)
+    firsts = [r["documents"][0]["text"] for r in reqs]
+    assert len(set(firsts)) == 12                          # no prefix-cache hit across requests
+    assert reqs[10]["query"] == reqs[0]["query"]

@@ -22,7 +22,6 @@ from qrhead_vllm.ranker import QRHeadRanker
 pytestmark = pytest.mark.slow
 # Heads spread over early, middle and last layers and over all three KV groups of SmolLM2.
 HEADS = [(2, 0), (5, 4), (9, 8), (14, 1), (17, 5), (22, 7), (29, 3)]
-BLOCK = 128  # vLLM CPU block size
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +68,10 @@ def test_chunked_prefill_splits_the_query_span(vllm_ranker, reference, examples)
 
 def test_null_pass_is_served_from_the_prefix_cache(vllm_ranker, reference, examples):
     req = _requests(reference, examples[3:4])[0]
-    [got] = vllm_ranker.backend.attention_mass([req])
+    [got] = vllm_ranker.backend.attention_mass([req])   # real and null in one engine call
     # Every full block before the query span is a hit; only the suffix is computed.
-    assert got.null_cached_tokens == req.real.query_start // BLOCK * BLOCK > 0
+    block = vllm_ranker.backend.llm.llm_engine.vllm_config.cache_config.block_size
+    assert got.null_cached_tokens == req.real.query_start // block * block > 0
 
 
 def test_warm_prefix_hit_then_full_repeat(vllm_ranker, reference, examples):

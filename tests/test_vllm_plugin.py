@@ -12,7 +12,7 @@ import pytest
 
 from qrhead_vllm.errors import EngineCompatibilityError
 from qrhead_vllm.integration.vllm.version import check_vllm_version, supported_range
-from qrhead_vllm.patches import wrap_method
+from qrhead_vllm.patches import wrap_function, wrap_method
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
@@ -65,6 +65,33 @@ def test_wrap_method_checks_the_signature_and_patches_once():
             return x
     with pytest.raises(EngineCompatibilityError, match="expected parameters"):
         wrap_method(Other, "forward", ("self", "layer", "query"), make)
+
+
+def test_wrap_function_checks_the_signature_and_patches_once():
+    import types
+
+    def module_with(source: str) -> types.ModuleType:
+        module = types.ModuleType(f"qrhead_probe_{abs(hash(source))}")
+        exec(source, module.__dict__)
+        return module
+
+    def make(original):
+        def get_pp_indices(n, rank, size):
+            start, end = original(n, rank, size)
+            return start, min(end, 3)
+        return get_pp_indices
+
+    params = ("num_hidden_layers", "pp_rank", "pp_size")
+    module = module_with("def get_pp_indices(num_hidden_layers, pp_rank, pp_size):\n"
+                         "    return 0, num_hidden_layers\n")
+    wrap_function(module, "get_pp_indices", params, make)
+    wrap_function(module, "get_pp_indices", params, make)       # idempotent
+    assert module.get_pp_indices(30, 0, 1) == (0, 3)
+    changed = module_with("def get_pp_indices(num_layers, rank, size):\n    return 0, 1\n")
+    with pytest.raises(EngineCompatibilityError, match="expected parameters"):
+        wrap_function(changed, "get_pp_indices", params, make)
+    with pytest.raises(EngineCompatibilityError, match="does not exist"):
+        wrap_function(changed, "missing", params, make)
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 from qrhead_vllm.core.attention import gather_paged_keys, span_attention_rows
 from qrhead_vllm.core.capture import CaptureResult, LayerHeads, SpanCapture, layer_heads
-from qrhead_vllm.core.heads import Head, LocalHead, heads_by_layer, shard_heads
+from qrhead_vllm.core.heads import (Head, LocalHead, beyond_last_layer, heads_by_layer,
+                                    shard_heads)
 from qrhead_vllm.core.prompt import (
     TEMPLATES, Passage, PromptTemplate, ScoringPrompt, build_scoring_prompts, truncate_words,
 )
@@ -10,7 +11,7 @@ from qrhead_vllm.core.scoring import calibrate, doc_scores, score_documents
 
 __all__ = [
     "gather_paged_keys", "span_attention_rows", "CaptureResult", "LayerHeads", "SpanCapture",
-    "layer_heads", "Head", "LocalHead", "heads_by_layer",
+    "layer_heads", "Head", "LocalHead", "beyond_last_layer", "heads_by_layer",
     "shard_heads", "TEMPLATES", "Passage", "PromptTemplate", "ScoringPrompt",
     "build_scoring_prompts", "truncate_words", "calibrate", "doc_scores", "score_documents",
 ]

@@ -34,6 +34,17 @@ def heads_by_layer(heads: Iterable[Head]) -> dict[int, list[int]]:
     return dict(out)
 
 
+def beyond_last_layer(heads: Iterable[Head], last_layer: int | None) -> str | None:
+    """Why ``heads`` cannot be scored by an engine that computes layers ``0..last_layer`` only
+    (a score-only engine), naming the deepest layer; None when they can (or no cut)."""
+    layers = [layer for layer, _ in heads]
+    if last_layer is None or not layers or max(layers) <= last_layer:
+        return None
+    return (f"heads in layer {max(layers)} lie beyond this score-only engine's last layer "
+            f"{last_layer} (layers after it are not computed); use heads in layers "
+            f"0..{last_layer} or an engine with the full model")
+
+
 def shard_heads(heads: Sequence[Head], num_heads: int, num_kv_heads: int, tp_size: int
                 ) -> dict[int, list[LocalHead]]:
     """Map each global (layer, head) to the TP rank that owns it and its local indices.

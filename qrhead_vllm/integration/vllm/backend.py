@@ -2,13 +2,22 @@
 
 A scoring request is an ordinary prefill (``max_tokens=1``) whose SamplingParams carry a
 :class:`RequestSpec`; the worker hook captures the selected heads and keeps the result under
-the spec's key until we pop it with ``collective_rpc``. The real prompts are submitted first,
-their null twins ("N/A") after the real prefill finished, so the null pass hits the documents'
-prefix in the prefix cache and computes only the suffix.
+the spec's key until we pop it with ``collective_rpc``.
+
+Calibration: a real prompt and its null twin ("N/A") are submitted together, in one engine
+call. They share every token before the query span, and vLLM registers a request's blocks in
+the prefix cache when it schedules them, so whichever of the two is scheduled second finds the
+documents' blocks of the first (in the same step too: each layer writes the whole batch's keys
+before any of its attention runs) and computes only its own suffix. The offline backend puts
+the reals first, so with vLLM's first-come-first-served scheduling the null is the one that
+hits (``MassResult.null_cached_tokens``); a twin scheduled while its partner's prefill is still
+under way gets a shorter hit, never a wrong score. Separate calls, the real one first
+(``one_call=False``), cost a second engine step per query for the same cache hit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any, Sequence
@@ -21,6 +30,7 @@ from qrhead_vllm.core import ScoringPrompt
 from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.heads import ModelFacts
 from qrhead_vllm.integration.vllm.engine_args import engine_env, engine_kwargs
+from qrhead_vllm.integration.vllm.layer_cut import last_layer_of
 from qrhead_vllm.integration.vllm.request_spec import RequestSpec
 from qrhead_vllm.integration.vllm.worker_ext import decode_rows
 
@@ -83,10 +93,13 @@ def finish_request(replies: Sequence[dict], req: MassRequest, real_key: str,
 
 
 class _ModelInfo:
-    """Tokenizer and config facts shared by both vLLM backends."""
+    """Tokenizer and config facts shared by both vLLM backends. ``last_layer`` is the cut of a
+    score-only engine (None: the full model), read from the engine's own config."""
 
-    def _init_model_info(self, model_path: str, model_id: str, model_config) -> None:
+    def _init_model_info(self, model_path: str, model_id: str, vllm_config) -> None:
         from transformers import AutoTokenizer
+        model_config = vllm_config.model_config
+        self.last_layer = last_layer_of(vllm_config)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)  # fast: char offsets
         self.hf_config = model_config.hf_config
         self.facts = ModelFacts.from_hf_config(self.hf_config, model_id)
@@ -99,20 +112,23 @@ class VLLMBackend(_ModelInfo):
     """Offline backend on ``vllm.LLM``; a batch of queries is prefilled together."""
 
     def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
-                 **overrides: Any):
+                 one_call: bool = True, **overrides: Any):
         from vllm import LLM
+        self.one_call = one_call    # False: the null twins in a second call, after the reals
         kwargs = engine_kwargs(model_path, dtype, **overrides)
         with engine_env(kwargs.get("tensor_parallel_size", 1)):
             self.llm = LLM(**kwargs)
-        self._init_model_info(model_path, model_id or model_path,
-                              self.llm.llm_engine.model_config)
+        self._init_model_info(model_path, model_id or model_path, self.llm.llm_engine.vllm_config)
 
     def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
         started = time.perf_counter()
-        real = self._prefill([(r.real, r.heads) for r in requests])
         nulls = [(i, r) for i, r in enumerate(requests) if r.null is not None]
-        null = dict(zip([i for i, _ in nulls], self._prefill([(r.null, r.heads) for _, r in nulls])))
-        keys = [k for k, _ in real] + [k for k, _ in null.values()]
+        items = [(r.real, r.heads) for r in requests] + [(r.null, r.heads) for _, r in nulls]
+        n = len(requests)
+        done = (self._prefill(items) if self.one_call
+                else self._prefill(items[:n]) + self._prefill(items[n:]))
+        real, null = done[:n], dict(zip([i for i, _ in nulls], done[n:]))
+        keys = [k for k, _ in done]
         replies = self.llm.collective_rpc("qrhead_pop", args=(keys,))
         return [finish_request(replies, r, real[i][0], *(null.get(i) or (None, None)),
                                self.facts.model_id, started) for i, r in enumerate(requests)]
@@ -142,7 +158,7 @@ class AsyncVLLMBackend(_ModelInfo):
 
     def __init__(self, engine, model_path: str, model_id: str | None = None):
         self.engine = engine
-        self._init_model_info(model_path, model_id or model_path, engine.model_config)
+        self._init_model_info(model_path, model_id or model_path, engine.vllm_config)
 
     @classmethod
     def start(cls, model_path: str, model_id: str | None = None, dtype: str = "float32",
@@ -157,15 +173,20 @@ class AsyncVLLMBackend(_ModelInfo):
 
     async def attention_mass_async(self, req: MassRequest) -> MassResult:
         started, keys = time.perf_counter(), []
+        passes = [asyncio.ensure_future(self._prefill(p, req.heads, keys))
+                  for p in (req.real, req.null) if p is not None]
         try:
-            real_key, _ = await self._prefill(req.real, req.heads, keys)
-            null_key, null_hits = (await self._prefill(req.null, req.heads, keys)
-                                   if req.null is not None else (None, None))
+            done = await asyncio.gather(*passes)
             replies = await self.engine.collective_rpc("qrhead_pop", args=(keys,))
         except BaseException:
-            if keys:  # cancelled or failed: drop whatever the workers finished for us
+            for task in passes:   # one failed or we were cancelled: stop the other (aborts it)
+                task.cancel()
+            await asyncio.gather(*passes, return_exceptions=True)
+            if keys:  # drop whatever the workers finished for us
                 await self.engine.collective_rpc("qrhead_pop", args=(keys,))
             raise
+        (real_key, _), (null_key, null_hits) = done[0], (done[1] if len(done) > 1
+                                                          else (None, None))
         return finish_request(replies, req, real_key, null_key, null_hits, self.facts.model_id,
                               started)
 

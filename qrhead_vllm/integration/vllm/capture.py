@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from qrhead_vllm.core import SpanCapture, gather_paged_keys, layer_heads
+from qrhead_vllm.core import SpanCapture, beyond_last_layer, gather_paged_keys, layer_heads
 from qrhead_vllm.integration.vllm.kv_layout import KeyView, sliding_window_of
+from qrhead_vllm.integration.vllm.layer_cut import last_layer_of
 from qrhead_vllm.integration.vllm.request_spec import RequestSpec
 
 logger = logging.getLogger(__name__)
@@ -48,15 +50,20 @@ class CaptureStore:
     def __init__(self):
         self.active: dict[str, _Request] = {}               # vLLM req id -> capture
         self.done: OrderedDict[str, dict] = OrderedDict()   # our key -> result
-        self.layers: dict[str, tuple[int, KeyView]] = {}    # layer name -> (index, key view)
+        # model runner -> {layer name -> (index, key view)}: per runner, so two engines in one
+        # process (in-process engine cores, e.g. a full and a score-only one) never mix layers
+        self._layers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._plan: list[_Row] | None = None
         self._runner = None
         self._scheduled: dict[str, int] = {}
 
-    def set_layers(self, layers: dict[str, tuple[int, KeyView]]) -> None:
-        """This worker's attention layers (name -> vLLM's layer index and the key view its
-        start-up probe verified), set when the KV caches are bound."""
-        self.layers = dict(layers)
+    def set_layers(self, runner, layers: dict[str, tuple[int, KeyView]]) -> None:
+        """A model runner's attention layers (name -> vLLM's layer index and the key view its
+        start-up probe verified), set when its KV caches are bound."""
+        self._layers[runner] = dict(layers)
+
+    def layers_of(self, runner) -> dict[str, tuple[int, KeyView]]:
+        return self._layers.get(runner, {})
 
     # --- step boundaries (called by the model-runner wrapper) ---------------------------
     def begin_step(self, runner, scheduler_output) -> None:
@@ -95,7 +102,7 @@ class CaptureStore:
             self._plan = self._build_plan()
         if not self._plan:
             return                                  # ordinary requests only: nothing to do
-        layer_idx, view = self.layers.get(layer.layer_name, (None, None))
+        layer_idx, view = self.layers_of(self._runner).get(layer.layer_name, (None, None))
         for row in self._plan:
             cap = row.req.capture
             if layer_idx in cap.layers and cap.error is None:
@@ -145,11 +152,13 @@ class CaptureStore:
                                          self._local_layers(spec, runner)))
         if not 0 <= spec.span_start < state.num_prompt_tokens:
             req.capture.error = f"span_start {spec.span_start} outside the prompt"
-        known = {index for index, _ in self.layers.values()}
+        known = {index for index, _ in self.layers_of(runner).values()}
         absent = sorted(set(req.capture.layers) - known)
         if absent and req.capture.error is None:
-            req.capture.error = (f"layers {absent} hold requested heads but this worker has no "
-                                 f"such attention layer (it has {len(known)})")
+            req.capture.error = (
+                beyond_last_layer(spec.heads, last_layer_of(runner.vllm_config))
+                or f"layers {absent} hold requested heads but this worker has no such attention "
+                   f"layer (it has {len(known)})")
         self.active[req_id] = req
         return req
 

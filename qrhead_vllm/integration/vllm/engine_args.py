@@ -15,7 +15,9 @@ from typing import Any, Iterator
 from qrhead_vllm import envs
 from qrhead_vllm.errors import EngineCompatibilityError
 from qrhead_vllm.integration.vllm import WORKER_EXTENSION
-from qrhead_vllm.integration.vllm.memory import DEFAULT_KV_CACHE_SEQUENCES, plan_for_engine
+from qrhead_vllm.integration.vllm.layer_cut import additional_config, check_model
+from qrhead_vllm.integration.vllm.memory import (CPU_BLOCK_SIZE, DEFAULT_KV_CACHE_SEQUENCES,
+                                                 plan_for_engine)
 
 logger = logging.getLogger(__name__)
 ENGINE_DEFAULTS = {"enforce_eager": True, "enable_prefix_caching": True}
@@ -66,25 +68,38 @@ def on_cpu() -> bool:
 
 def engine_kwargs(model_path: str, dtype: str, *, qrhead: bool = True,
                   kv_cache_sequences: int = DEFAULT_KV_CACHE_SEQUENCES,
-                  **overrides: Any) -> dict[str, Any]:
+                  last_layer: int | None = None, **overrides: Any) -> dict[str, Any]:
     """Engine arguments with our defaults; anything the caller passes wins.
 
     On CPU the KV cache is sized from the model and the context (:mod:`.memory`), unless the
     caller set ``kv_cache_memory_bytes`` or ``gpu_memory_utilization`` explicitly.
 
+    Args:
+        last_layer: make the engine score-only: it builds, loads and runs layers
+            ``0..last_layer`` only and refuses generation (:mod:`.layer_cut`).
+
     Raises:
         InsufficientMemoryError: the engine would not fit this machine (before it starts).
+        EngineCompatibilityError: an engine shape the capture cannot score exactly.
     """
     kwargs: dict[str, Any] = {"model": model_path, "dtype": dtype}
     if qrhead:
         kwargs.update(ENGINE_DEFAULTS, worker_extension_cls=WORKER_EXTENSION)
     kwargs.update(overrides)
+    if last_layer is not None:
+        if not qrhead:
+            raise EngineCompatibilityError("last_layer (a score-only engine) needs the QRHead "
+                                           "hook: it is for retriever engines only")
+        check_score_only_model(model_path, last_layer)
+        kwargs["additional_config"] = {**(kwargs.get("additional_config") or {}),
+                                       **additional_config(last_layer)}
     if qrhead:
         check_scoring_engine(kwargs)
     sized = "kv_cache_memory_bytes" in overrides or "gpu_memory_utilization" in overrides
     if on_cpu() and not sized:
         kwargs["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(
-            model_path, dtype, kwargs.get("max_model_len"), kv_cache_sequences)
+            model_path, dtype, kwargs.get("max_model_len"), kv_cache_sequences, last_layer,
+            kwargs.get("block_size") or CPU_BLOCK_SIZE)
     return kwargs
 
 
@@ -107,9 +122,23 @@ def check_scoring_engine(kwargs: dict[str, Any]) -> None:
             "use kv_cache_dtype=auto")
 
 
+def check_score_only_model(model_path: str, last_layer: int) -> None:
+    """The worker's score-only check (:func:`.layer_cut.check_cut`), before anything starts.
+
+    Raises:
+        EngineCompatibilityError: an unverified model class or a layer outside the model.
+    """
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(model_path)
+    text = getattr(config, "text_config", None) or config
+    check_model(config.architectures, text.num_hidden_layers, last_layer)
+
+
 def cpu_kv_cache_bytes(model_path: str, dtype: str, max_model_len: int | None,
-                       kv_cache_sequences: int) -> int:
-    """The KV budget of a CPU engine, after checking the whole engine fits its NUMA node."""
+                       kv_cache_sequences: int, last_layer: int | None = None,
+                       block_size: int = CPU_BLOCK_SIZE) -> int:
+    """The KV budget of a CPU engine (of its layers ``0..last_layer`` for a score-only one),
+    after checking the whole engine fits its NUMA node."""
     from transformers import AutoConfig
 
     from qrhead_vllm.heads import ModelFacts
@@ -117,6 +146,6 @@ def cpu_kv_cache_bytes(model_path: str, dtype: str, max_model_len: int | None,
     text = getattr(config, "text_config", None) or config
     facts = ModelFacts.from_hf_config(config, model_path)
     plan = plan_for_engine(model_path, facts, dtype, max_model_len or text.max_position_embeddings,
-                           kv_cache_sequences)
+                           kv_cache_sequences, last_layer, block_size)
     logger.info("qrhead-vllm engine memory: %s", plan.describe())
     return plan.kv_cache_bytes

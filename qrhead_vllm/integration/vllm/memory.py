@@ -10,6 +10,9 @@ memory vLLM reports for the node before the engine starts, so a box that cannot 
 fails with the numbers and the knob to turn instead of vLLM's negative-budget error.
 
     need = weights + KV cache (kv_cache_sequences × max_model_len tokens, whole blocks) + headroom
+
+A score-only engine (``last_layer``, see :mod:`.layer_cut`) holds the weights and the KV cache
+of layers ``0..last_layer`` only, and is sized for exactly that.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,23 +45,40 @@ def dtype_bytes(dtype: str) -> int:
                                       f"{sorted(DTYPE_BYTES)}") from None
 
 
-def kv_bytes_per_token(facts: ModelFacts, dtype: str) -> int:
-    """Keys and values of every layer for one token (full attention assumed for every layer,
-    which over-provisions sliding-window models a little: safe)."""
-    return 2 * facts.num_layers * facts.num_kv_heads * facts.head_dim * dtype_bytes(dtype)
+def kv_bytes_per_token(facts: ModelFacts, dtype: str, num_layers: int | None = None) -> int:
+    """Keys and values of every layer (or of the first ``num_layers``) for one token (full
+    attention assumed for every layer, which over-provisions sliding-window models a little:
+    safe)."""
+    layers = facts.num_layers if num_layers is None else num_layers
+    return 2 * layers * facts.num_kv_heads * facts.head_dim * dtype_bytes(dtype)
 
 
-def weight_bytes(model_path: str, dtype: str) -> int | None:
-    """Weights in ``dtype``: the safetensors files' size rescaled from their stored dtype, or
-    None when the model is not a local directory (a hub id: nothing to measure)."""
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def _tensor_elements(file: Path) -> dict[str, int]:
+    """Element count of every tensor in a safetensors file, from its JSON header only."""
+    with file.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return {name: math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__"}
+
+
+def weight_bytes(model_path: str, dtype: str, last_layer: int | None = None) -> int | None:
+    """Weights in ``dtype`` (of layers ``0..last_layer`` and the rest of the model, when
+    given), counted from the safetensors headers; None when the model is not a local
+    directory (a hub id: nothing to measure)."""
     path = Path(model_path)
-    files = list(path.glob("*.safetensors")) if path.is_dir() else []
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
     if not files:
         return None
-    config = json.loads((path / "config.json").read_text())
-    stored = config.get("torch_dtype") or config.get("dtype") or "float32"
-    size = sum(f.stat().st_size for f in files)
-    return size * dtype_bytes(dtype) // dtype_bytes(stored)
+    total = 0
+    for file in files:
+        for name, count in _tensor_elements(file).items():
+            match = _LAYER.search(name)
+            if last_layer is None or match is None or int(match.group(1)) <= last_layer:
+                total += count
+    return total * dtype_bytes(dtype)
 
 
 @dataclass(frozen=True)
@@ -70,6 +92,7 @@ class MemoryPlan:
     node: int
     max_model_len: int
     kv_cache_sequences: int
+    num_layers: int | None = None        # layers held (a score-only engine's); None: all
 
     @property
     def need_bytes(self) -> int:
@@ -77,7 +100,8 @@ class MemoryPlan:
 
     def describe(self) -> str:
         g = lambda b: f"{b / GiB:.2f} GiB"  # noqa: E731
-        return (f"weights {g(self.weights_bytes)} + KV cache {g(self.kv_cache_bytes)} "
+        layers = f" of layers 0..{self.num_layers - 1}" if self.num_layers else ""
+        return (f"weights{layers} {g(self.weights_bytes)} + KV cache {g(self.kv_cache_bytes)} "
                 f"({self.kv_cache_sequences} × {self.max_model_len} tokens) + headroom "
                 f"{g(self.headroom_bytes)} = {g(self.need_bytes)}; NUMA node {self.node} has "
                 f"{g(self.available_bytes)} available")
@@ -86,8 +110,10 @@ class MemoryPlan:
 def plan_cpu_memory(facts: ModelFacts, dtype: str, max_model_len: int, available_bytes: int,
                     weights: int | None = None, kv_cache_sequences: int =
                     DEFAULT_KV_CACHE_SEQUENCES, node: int = 0,
-                    block_size: int = CPU_BLOCK_SIZE) -> MemoryPlan:
-    """The KV budget for ``kv_cache_sequences`` full-length sequences, checked against the node.
+                    block_size: int = CPU_BLOCK_SIZE,
+                    num_layers: int | None = None) -> MemoryPlan:
+    """The KV budget for ``kv_cache_sequences`` full-length sequences of ``num_layers`` layers
+    (default: all), checked against the node.
 
     Raises:
         InsufficientMemoryError: the engine does not fit; the message names every number and
@@ -96,8 +122,9 @@ def plan_cpu_memory(facts: ModelFacts, dtype: str, max_model_len: int, available
     if kv_cache_sequences < 1 or max_model_len < 1:
         raise InsufficientMemoryError("kv_cache_sequences and max_model_len must be >= 1")
     tokens = math.ceil(max_model_len / block_size) * block_size * kv_cache_sequences
-    plan = MemoryPlan(tokens * kv_bytes_per_token(facts, dtype), weights or 0, HEADROOM_BYTES,
-                      available_bytes, node, max_model_len, kv_cache_sequences)
+    plan = MemoryPlan(tokens * kv_bytes_per_token(facts, dtype, num_layers), weights or 0,
+                      HEADROOM_BYTES, available_bytes, node, max_model_len, kv_cache_sequences,
+                      num_layers)
     if plan.need_bytes > available_bytes:
         raise InsufficientMemoryError(
             f"{facts.model_id} ({dtype}) does not fit this machine: {plan.describe()}. Lower "
@@ -123,8 +150,13 @@ def node_available_bytes(node: int) -> int:
 
 
 def plan_for_engine(model_path: str, facts: ModelFacts, dtype: str, max_model_len: int,
-                    kv_cache_sequences: int = DEFAULT_KV_CACHE_SEQUENCES) -> MemoryPlan:
-    """:func:`plan_cpu_memory` for an engine about to start in this process's environment."""
+                    kv_cache_sequences: int = DEFAULT_KV_CACHE_SEQUENCES,
+                    last_layer: int | None = None,
+                    block_size: int = CPU_BLOCK_SIZE) -> MemoryPlan:
+    """:func:`plan_cpu_memory` for an engine about to start in this process's environment
+    (a score-only one when ``last_layer`` is set)."""
     node = node_of_binding(os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
+    layers = None if last_layer is None else last_layer + 1
     return plan_cpu_memory(facts, dtype, max_model_len, node_available_bytes(node),
-                           weight_bytes(model_path, dtype), kv_cache_sequences, node)
+                           weight_bytes(model_path, dtype, last_layer), kv_cache_sequences,
+                           node, block_size, layers)

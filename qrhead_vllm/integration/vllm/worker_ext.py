@@ -40,3 +40,33 @@ class QRHeadWorkerExtension:
     def qrhead_stats(self) -> dict[str, int]:
         """Buffers held on this rank: in-progress accumulators and unclaimed results."""
         return STORE.stats()
+
+    def qrhead_memory(self) -> dict[str, int]:
+        """What this rank's model holds: attention layers with a KV cache, bytes of weights
+        (:func:`held_weight_bytes`) and of KV cache."""
+        runner = self.model_runner
+        kv = sum(t.numel() * t.element_size() for t in runner.kv_caches if t is not None)
+        return {"attention_layers": len(STORE.layers_of(runner)),
+                "weight_bytes": held_weight_bytes(runner.get_model()), "kv_cache_bytes": kv}
+
+
+def held_weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the weights a loaded model holds, shared tensors (tied embeddings) once.
+
+    On CPU vLLM moves every linear layer's weight into a pre-packed kernel buffer (oneDNN /
+    SGL) and leaves an empty parameter behind, so ``parameters()`` no longer sees it; such a
+    layer is counted from its partition shape instead (the packed copy has the same elements).
+    """
+    seen, total = set(), 0
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            if param.numel() == 0 and name == "weight" and hasattr(module,
+                                                                  "output_size_per_partition"):
+                total += (module.output_size_per_partition * module.input_size_per_partition
+                          * param.element_size())
+            else:
+                total += param.numel() * param.element_size()
+    return total
