@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         label = f" ({config})" if config else ""
         blocks.append(f"- **served model**: {model}{label}\n\n{table(rows)}")
         print(json.dumps(rows), file=sys.stderr)
-    block = "\n".join([f"- **{k}**: {v}" for k, v in facts.items()] + [""] + blocks)
+    block = "\n".join([f"- **{k}**: {v}" for k, v in facts.items()]) + "\n\n" + "\n\n".join(blocks)
     print("\n" + block)
     if args.write:
         write_doc(args.write, block)
