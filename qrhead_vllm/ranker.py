@@ -162,6 +162,13 @@ class QRHeadRanker:
         if prepared is None:
             windowed = await asyncio.to_thread(self._windowed, (query, docs, doc_ids), per_head)
             return await windowed.run_async()
+        return await self.score_prepared_async(query, prepared, per_head)
+
+    async def score_prepared_async(self, query: str, prepared: tuple, per_head: bool = False
+                                   ) -> RankedResults:
+        """Score what :meth:`prepare` returned, ``(docs, request)``, on the async path: for a
+        caller that already prepared the prompt (to count its tokens, or to catch a context
+        overflow) and should not tokenise it again."""
         docs_, req = prepared
         [mass] = await self.attention_mass_async([req])
         return self._finish(query, docs_, req, mass, per_head)

@@ -79,7 +79,7 @@ class Retriever:
             tokens = await asyncio.to_thread(_tokens, ranker, req.query, results)
             return rerank_response(req, results, model, tokens, ext)
         try:
-            _, mass_req = await asyncio.to_thread(ranker.prepare, req.query, docs)  # off the loop
+            prepared = await asyncio.to_thread(ranker.prepare, req.query, docs)  # off the loop
         except ContextOverflowError as e:
             raise APIError(400, f"{e}; or send \"qrhead\": {{\"windowed\": true}} to score "
                                 "them in windows (window scores are only approximately "
@@ -87,8 +87,8 @@ class Retriever:
                            "context_length_exceeded") from None
         if ext is not None:
             ext["windows"] = 1
-        results = await ranker.with_window(None).rank_async(req.query, docs, per_head=per_head)
-        return rerank_response(req, results, model, prompt_tokens(mass_req), ext)
+        results = await ranker.score_prepared_async(req.query, prepared, per_head)
+        return rerank_response(req, results, model, prompt_tokens(prepared[1]), ext)
 
     async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
                        rescore_candidates: int, heads: str | None = None,

@@ -27,3 +27,16 @@ def assert_equivalent(got, want, req) -> None:
     a = score_documents(got.real, got.null, req.real.doc_spans)
     b = score_documents(want.real, want.null, req.real.doc_spans)
     assert torch.equal(torch.argsort(a, descending=True), torch.argsort(b, descending=True))
+
+
+def cold_then_warm_hits(backend, req, want, tol: float = 1e-4) -> list[int]:
+    """Prefill ``req``'s real prompt twice from a flushed radix cache; each pass's rows must
+    equal ``want.real``. Returns the radix hit (cached tokens) of each pass."""
+    from qrhead_vllm.integration.sglang.request_spec import decode_result
+    assert backend.engine.flush_cache().success
+    hits = []
+    for _ in range(2):
+        [out] = backend._prefill([(req.real, req.heads)])
+        hits.append(int(out["meta_info"]["cached_tokens"]))
+        assert max_diff(decode_result(out["meta_info"], len(req.heads)), want.real) <= tol
+    return hits

@@ -19,7 +19,7 @@ from qrhead_vllm.backends import MassRequest
 from qrhead_vllm.integration.sglang.backend import scoring_request
 from qrhead_vllm.integration.sglang.request_spec import decode_result
 from qrhead_vllm.ranker import QRHeadRanker
-from sglang_helpers import GEMMA3_HEADS, assert_equivalent, max_diff
+from sglang_helpers import GEMMA3_HEADS, assert_equivalent, cold_then_warm_hits, max_diff
 
 pytestmark = pytest.mark.slow
 CHUNK = 256
@@ -71,14 +71,7 @@ def test_gemma3_one_step_and_warm_repeat(gemma_sglang, reference, hotpotqa_split
     req = reference.prepare(e.query, list(e.documents)[:1])[1]
     assert req.real.num_tokens < CHUNK
     want = _want(reference, req)
-    backend = gemma_sglang.backend
-    assert backend.engine.flush_cache().success
-    hits = []
-    for _ in range(2):
-        [out] = backend._prefill([(req.real, req.heads)])
-        hits.append(int(out["meta_info"]["cached_tokens"]))
-        assert max_diff(decode_result(out["meta_info"], len(req.heads)), want.real) <= 1e-4
-    assert hits == [0, req.real.query_start]
+    assert cold_then_warm_hits(gemma_sglang.backend, req, want) == [0, req.real.query_start]
 
 
 def test_gemma3_interleaved_with_generation(gemma_sglang, reference, requests):
