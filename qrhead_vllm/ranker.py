@@ -211,7 +211,7 @@ class QRHeadRanker:
         spans = req.real.doc_spans
         scores = score_documents(mass.real, mass.null, spans).tolist()
         per = score_documents(mass.real, mass.null, spans, per_head=True).tolist() if per_head else None
-        return ranked(query.strip(), docs, scores, per)
+        return ranked(query.strip(), docs, scores, per, req.prompt_tokens)
 
     def close(self) -> None:
         self.backend.close()

@@ -60,6 +60,8 @@ class RankedResults:
     """Per-head document scores ``[num_heads][num_docs]`` in input order, when asked for."""
     windows: WindowInfo | None = field(default=None, repr=False)
     """Set when the documents were ranked in several prompts (windows)."""
+    prompt_tokens: int = 0
+    """Tokens prefilled for this ranking: real and null prompts, of every window."""
 
     def top_k(self, k: int) -> list[Result]:
         return self.results[:k]
@@ -113,15 +115,16 @@ def _one_doc(d: Any, i: int) -> Document:
 
 
 def ranked(query: str, docs: list[Document], scores: Sequence[float],
-           head_scores: list[list[float]] | None = None) -> RankedResults:
+           head_scores: list[list[float]] | None = None, prompt_tokens: int = 0
+           ) -> RankedResults:
     """Sort by score, descending; ties keep input order (Python's sort is stable)."""
     order = sorted(range(len(docs)), key=lambda i: -scores[i])
-    return ordered(query, docs, order, scores, head_scores)
+    return ordered(query, docs, order, scores, head_scores, prompt_tokens=prompt_tokens)
 
 
 def ordered(query: str, docs: list[Document], order: Sequence[int], scores: Sequence[float],
             head_scores: list[list[float]] | None = None,
-            windows: WindowInfo | None = None) -> RankedResults:
+            windows: WindowInfo | None = None, prompt_tokens: int = 0) -> RankedResults:
     """Results in a given order (input indices, best first) with each document's score."""
     results = [Result(docs[i], float(scores[i]), r, i) for r, i in enumerate(order, start=1)]
-    return RankedResults(query, results, head_scores, windows)
+    return RankedResults(query, results, head_scores, windows, prompt_tokens)

@@ -51,7 +51,7 @@ class WindowedRanking:
         for g, req, mass in zip(groups, requests, masses):
             spans = req.real.doc_spans
             out.append(score_documents(mass.real, mass.null, spans).tolist())
-            self.prompt_tokens += req.real.num_tokens + (req.null.num_tokens if req.null else 0)
+            self.prompt_tokens += req.prompt_tokens
             if self.per_head:
                 per = score_documents(mass.real, mass.null, spans, per_head=True)
                 for j, i in enumerate(g):
@@ -82,7 +82,8 @@ class WindowedRanking:
             heads = [list(col) for col in zip(*rows)]          # [num_heads][num_docs]
         info = WindowInfo(self.cfg.strategy, plan.num_windows, plan.window_of,
                           plan.window_scores, plan.rescored, self.prompt_tokens)
-        return ordered(self.query.strip(), self.docs, plan.order, plan.scores, heads, info)
+        return ordered(self.query.strip(), self.docs, plan.order, plan.scores, heads, info,
+                       self.prompt_tokens)
 
 
 def _text(ranker: "QRHeadRanker", d: Document) -> str:

@@ -13,11 +13,11 @@ from typing import Any
 from qrhead_vllm.errors import ContextOverflowError
 from qrhead_vllm.head_registry import shipped_head_configs
 from qrhead_vllm.ranker import QRHeadRanker
-from qrhead_vllm.results import Document, RankedResults, prep_docs
+from qrhead_vllm.results import Document, prep_docs
 from qrhead_vllm.serve.args import RetrieverConfig
 from qrhead_vllm.serve.errors import APIError
 from qrhead_vllm.serve.rerank import RerankRequest, rerank_response
-from qrhead_vllm.serve.windows import answer_window, prompt_tokens, rerank_window
+from qrhead_vllm.serve.windows import answer_window, rerank_window
 
 # Head-set names a request may ask for besides the shipped config names. Requests can never name
 # a file path: that would let a client make the server read arbitrary files.
@@ -76,8 +76,7 @@ class Retriever:
         if opts and opts.windowed:
             results = await ranker.rank_async(req.query, docs, per_head=per_head)
             ext["windows"] = results.windows.num_windows if results.windows else 1
-            tokens = await asyncio.to_thread(_tokens, ranker, req.query, results)
-            return rerank_response(req, results, model, tokens, ext)
+            return rerank_response(req, results, model, results.prompt_tokens, ext)
         try:
             prepared = await asyncio.to_thread(ranker.prepare, req.query, docs)  # off the loop
         except ContextOverflowError as e:
@@ -88,7 +87,7 @@ class Retriever:
         if ext is not None:
             ext["windows"] = 1
         results = await ranker.score_prepared_async(req.query, prepared, per_head)
-        return rerank_response(req, results, model, prompt_tokens(prepared[1]), ext)
+        return rerank_response(req, results, model, results.prompt_tokens, ext)
 
     async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
                        rescore_candidates: int, heads: str | None = None,
@@ -107,17 +106,8 @@ class Retriever:
         info = self.head_set_info(ranker, heads)
         info.update(passages=len(docs), windows=w.num_windows if w else 1,
                     rescored=len(w.rescored) if w else 0,
-                    prompt_tokens=await asyncio.to_thread(_tokens, ranker, question, results))
+                    prompt_tokens=results.prompt_tokens)
         return {"passages": cited, "retrieval": info}
-
-
-def _tokens(ranker: QRHeadRanker, query: str, results: RankedResults) -> int:
-    """Tokens prefilled for a ranking: the windows' count, or the single prompt's (this
-    tokenises: call it off the event loop)."""
-    if results.windows is not None:
-        return results.windows.prompt_tokens
-    docs = [r.document for r in sorted(results.results, key=lambda r: r.index)]
-    return prompt_tokens(ranker.prepare(query, docs)[1])
 
 
 def _cited(doc: Document, index: int, rank: int, score: float, window_score: float,

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from qrhead_vllm.windows import WindowConfig, pack_windows  # noqa: F401  (re-exported)
 
@@ -22,7 +21,3 @@ def answer_window(limit: int, finalists: int) -> WindowConfig:
     """Windows of at most ``limit`` tokens; ``finalists`` (or what fits) re-scored together."""
     return WindowConfig(window_tokens=limit, finalists=finalists)
 
-
-def prompt_tokens(req: Any) -> int:
-    """Tokens the engine prefilled for one MassRequest (real prompt + null twin)."""
-    return req.real.num_tokens + (req.null.num_tokens if req.null is not None else 0)

@@ -82,4 +82,5 @@ def test_a_100_passage_dl19_query_ranks_in_windows(smollm2_backend):
     res = ranker.rank(example.query, list(example.documents))     # no ContextOverflowError
     assert len(res) == 100 and res.windows is not None and res.windows.num_windows >= 2
     assert res.windows.prompt_tokens > smollm2_backend.max_model_len
+    assert res.prompt_tokens == res.windows.prompt_tokens
     assert sorted(r.index for r in res) == list(range(100))

@@ -23,6 +23,11 @@ class MassRequest:
     null: ScoringPrompt | None
     heads: tuple[Head, ...]
 
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens the engine prefills for this query: the real prompt plus its null twin."""
+        return self.real.num_tokens + (self.null.num_tokens if self.null is not None else 0)
+
 
 @dataclass(frozen=True)
 class MassResult:
