@@ -67,6 +67,9 @@ def parse_args(argv):
     w.add_argument("--given-order", action="store_true",
                    help="candidates in first-stage order in the prompt (rank 1 first); the "
                         "default follows the library (QRHeadRanker's reverse_order)")
+    p.add_argument("--prompt-family", default=None,
+                   help="chat markers for every model (llama3, qwen2, chatml, gemma3); default: "
+                        "each model's own (qrhead_vllm.models.prompt_template)")
     p.add_argument("--random-draws", type=int, default=3, help="random head sets to average")
     p.add_argument("--random-heads", type=int, default=16, help="heads per random draw")
     p.add_argument("--batch", type=int, default=None,
@@ -124,10 +127,13 @@ def ranker_options(args) -> tuple[dict, str]:
         kw["reverse_order"] = True
     elif args.given_order:
         kw["reverse_order"] = False
+    if args.prompt_family:
+        kw["prompt_family"] = args.prompt_family
     reverse = kw.get("reverse_order",
                      QRHeadRanker.__init__.__kwdefaults__["reverse_order"])
     text = (("candidates reversed in the prompt (first-stage rank 1 next to the query)"
              if reverse else "candidates in first-stage order in the prompt (rank 1 first)")
+            + (f"; prompt family {args.prompt_family}" if args.prompt_family else "")
             + f"; lists over one prompt: {window}")
     return kw, text
 

@@ -14,6 +14,7 @@ from qrhead_vllm.heads import HeadConfig, HeadScore, ModelFacts, Provenance
 DEFAULT_HEADS = {
     "smollm2-135m": "smollm2-135m-hotpotqa",
     "gemma3-270m": "gemma3-270m-hotpotqa",
+    "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-hotpotqa",
 }
 
 
