@@ -119,6 +119,11 @@ class RetrieverConfig(EngineConfig):
                                               "(requests can turn it off).")
     max_words: int | None = Field(None, gt=0, description="Truncate each document to N words "
                                                           "before scoring.")
+    reverse_order: bool = Field(
+        True, description="Put the documents in each prompt last-to-first, so the first one "
+                          "given (first-stage rank 1) sits next to the query, as the reference "
+                          "does; better for SmolLM2 on DL19, worse for Qwen2.5-Coder-0.5B "
+                          "(docs/quality-levers.md).")
     max_documents: int = Field(1000, gt=0, description="Most documents one rerank request may "
                                                        "carry.")
     window_tokens: int | None = Field(

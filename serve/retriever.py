@@ -46,7 +46,8 @@ class Retriever:
             heads_arg = None if spec == "default" else spec
             self._rankers[(name, cal)] = QRHeadRanker(
                 self.cfg.model, heads=heads_arg, backend=self.backend, calibrate=cal,
-                max_words=self.cfg.max_words, window=rerank_window(self.limit))
+                max_words=self.cfg.max_words, reverse_order=self.cfg.reverse_order,
+                window=rerank_window(self.limit))
         return self._rankers[(name, cal)]
 
     def check_model(self, model: str | None) -> str:

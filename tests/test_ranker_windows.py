@@ -70,7 +70,8 @@ def test_reverse_order_scores_follow_the_input(smollm2_backend, example):
     docs = short_docs(example)
     rev = QRHeadRanker(MODEL, backend=smollm2_backend, reverse_order=True).rank(example.query,
                                                                                docs)
-    manual = QRHeadRanker(MODEL, backend=smollm2_backend).rank(example.query, docs[::-1])
+    manual = QRHeadRanker(MODEL, backend=smollm2_backend, reverse_order=False).rank(
+        example.query, docs[::-1])
     by_id = {r.doc_id: r.score for r in manual}
     assert {r.doc_id: r.score for r in rev} == pytest.approx(by_id, abs=1e-6)
 

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=None, help="show only the best K documents")
     parser.add_argument("--max-words", type=int, default=None,
                         help="truncate each document to this many words")
+    parser.add_argument("--reverse-order", action=argparse.BooleanOptionalAction, default=True,
+                        help="documents last-to-first in the prompt, the first one next to the "
+                             "query (default; --no-reverse-order for Qwen2.5-Coder)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
@@ -86,7 +89,7 @@ def _rank(args: argparse.Namespace, query: str, docs: list):
     if args.top_k is not None and args.top_k < 1:
         raise InvalidInputError("--top-k must be at least 1")
     ranker = QRHeadRanker(model=args.model, heads=args.heads, backend=args.backend,
-                          max_words=args.max_words)
+                          max_words=args.max_words, reverse_order=args.reverse_order)
     try:
         return ranker.rank(query, docs)
     finally:

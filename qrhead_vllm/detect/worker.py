@@ -35,7 +35,7 @@ class DetectWorker:
         self.ranker = QRHeadRanker(
             settings["model"], heads="all", backend=backend, calibrate=settings["calibrate"],
             prompt_family=settings["prompt_family"], max_words=settings["max_words"],
-            null_query=settings["null_query"])
+            null_query=settings["null_query"], reverse_order=False)  # order: --reverse-docs
         self.ndcg_k = settings["ndcg_k"]
         self.backend_name = settings["backend"]
 
