@@ -94,7 +94,7 @@ def llm_rows(args, model: str, backend: str, examples, qrels, notes, facts_out,
     facts_out[f"LLM time ({model}, {backend})"] = (
         f"{seconds:.0f} s for model load and all {len(sets)} head sets, "
         f"{seconds / max(len(examples), 1):.1f} s per query (each prompt prefilled once for "
-        "every set; measured on a shared, loaded machine)")
+        "every set; the machine line gives the load average at the start)")
     tag = f" [{backend}]" if args.backend == "both" else ""
     who = f", {model}" if len(args.models) > 1 else ""
     rows, draws, first_run = [], [], None
