@@ -184,6 +184,22 @@ def test_cli_accepts_a_json_list_of_strings(rerank, tmp_path):
     assert sorted(r["index"] for r in json.loads(out)["results"]) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("flags, reverse", [((), True), (("--reverse-order",), True),
+                                              (("--no-reverse-order",), False)])
+def test_cli_prompt_order_is_the_api_s(rerank, smollm2_backend, tmp_path, flags, reverse):
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps(TEXTS))
+    code, out, err = rerank("--heads", "all", "--query", QUERY, "--docs", str(path), "--json",
+                            *flags)
+    assert code == 0, err
+    got = {r["index"]: r["score"] for r in json.loads(out)["results"]}
+    api = {reverse_order: {r.index: r.score for r in QRHeadRanker(
+        "smollm2-135m", heads="all", backend=smollm2_backend,
+        reverse_order=reverse_order).rank(QUERY, TEXTS)} for reverse_order in (True, False)}
+    assert got == pytest.approx(api[reverse], abs=1e-6)
+    assert got != pytest.approx(api[not reverse], abs=1e-6)    # the order does change scores
+
+
 @pytest.mark.parametrize("content, extra, message", [
     (None, [], "cannot read"),                                 # missing file
     ("{not json\n", [], "not valid JSON"),

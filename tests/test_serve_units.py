@@ -241,3 +241,13 @@ def test_rerank_throughput_workload_is_distinct_per_request():
     firsts = [r["documents"][0]["text"] for r in reqs]
     assert len(set(firsts)) == 12                          # no prefix-cache hit across requests
     assert reqs[10]["query"] == reqs[0]["query"]
+
+
+@pytest.mark.parametrize("fields, reverse", [({}, True), ({"reverse_order": False}, False)])
+def test_retriever_prompt_order_comes_from_the_config(smollm2_backend, fields, reverse):
+    from qrhead_vllm.serve.retriever import Retriever
+
+    cfg = QRHeadServeConfig.model_validate({"retriever": fields}).retriever
+    retriever = Retriever(cfg, smollm2_backend, ["smollm2"])
+    assert retriever.default.reverse_order is reverse
+    assert retriever.ranker("all", None).reverse_order is reverse
