@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 
 from qrhead_vllm.errors import EngineCompatibilityError
+from qrhead_vllm.integration.request_spec import prefix_hit_cap
 from qrhead_vllm.integration.sglang.capture import STORE
 from qrhead_vllm.integration.sglang.kv_layout import verify_runner
-from qrhead_vllm.integration.sglang.request_spec import RequestSpec
 from qrhead_vllm.patches import wrap_method
 
 logger = logging.getLogger(__name__)
@@ -74,11 +74,8 @@ def _step_wrapper(original):
 def _prefix_cap_wrapper(original):
     def _compute_max_prefix_len(self, input_len, *args, **kwargs):
         limit = original(self, input_len, *args, **kwargs)
-        try:
-            spec = RequestSpec.from_sampling_params(self.sampling_params)
-        except (ValueError, KeyError, TypeError):
-            return 0          # malformed spec: no cache hit; the capture reports the error
-        return limit if spec is None else max(0, min(limit, spec.span_start))
+        cap = prefix_hit_cap(getattr(self.sampling_params, "custom_params", None))
+        return limit if cap is None else min(limit, cap)
     return _compute_max_prefix_len
 
 
@@ -103,7 +100,7 @@ def _startup_check_wrapper(original):
 def _idle_wrapper(original):
     def on_idle(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        if STORE.active:
+        if STORE.driver.requests:
             STORE.prune()
         return out
     return on_idle

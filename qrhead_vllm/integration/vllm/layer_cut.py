@@ -22,7 +22,7 @@ from typing import Any
 
 from qrhead_vllm.core.heads import beyond_last_layer
 from qrhead_vllm.errors import EngineCompatibilityError
-from qrhead_vllm.integration.vllm.request_spec import NAMESPACE, RequestSpec
+from qrhead_vllm.integration.request_spec import NAMESPACE, MalformedSpec, RequestSpec
 
 # Model classes whose partial build is verified end to end: the equality test against the full
 # engine (tests/test_vllm_early_exit.py) covers them. Others are refused at start-up.
@@ -104,7 +104,10 @@ def check_request(vllm_config, params) -> None:
     if last_layer is None:
         return
     from vllm.exceptions import VLLMValidationError
-    spec = RequestSpec.from_sampling_params(params)
+    try:
+        spec = RequestSpec.from_params(getattr(params, "extra_args", None))
+    except MalformedSpec as e:
+        raise VLLMValidationError(str(e)) from None
     wants_logits = getattr(params, "logprobs", None) or getattr(params, "prompt_logprobs", None)
     if spec is None or getattr(params, "max_tokens", None) != 1 or wants_logits:
         raise VLLMValidationError(
