@@ -8,3 +8,8 @@ the memory pools and the ``Req`` objects); a scoring request's spec travels ther
 ``SamplingParams.custom_params`` and its result comes back with the request's own output, in
 ``meta_info["qrhead"]``, so there is no pull call and nothing is kept after a request ends.
 """
+
+from qrhead_vllm.integration.versions import EngineVersions
+
+# The supported range is the ``sglang`` extra's specifier in pyproject.toml.
+VERSIONS = EngineVersions("SGLang", ("sglang",), "sglang")
