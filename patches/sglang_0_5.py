@@ -9,7 +9,12 @@
    attached to their requests (``req.customized_info``).
 3. ``Req._compute_max_prefix_len``: cap a scoring request's radix-cache hit at its query-span
    start (the span's queries are never cached, so a hit inside it would lose rows; the
-   documents before it are shared as usual, which is what serves the null pass).
+   documents before it are shared as usual, which is what serves the null pass). SGLang's
+   public route to the same cap is a request asking for input logprobs from the span start
+   (``return_logprob=True, logprob_start_len=span_start``, which ``_compute_max_prefix_len``
+   honours), but it costs the LM head over the span and a logprob payload per request, and a
+   client's own ``/generate`` request would lose the cap; so the wrap stays (a hit inside the
+   span would still not give a wrong score: ``SpanCapture`` reports the rows it never saw).
 4. ``ModelRunner.init_cuda_graphs``: once pools, attention backend and graphs exist, refuse
    what we cannot score and probe the KV layout (``kv_layout.verify_runner``).
 5. ``Scheduler.on_idle``: forget requests aborted before their last prompt token.

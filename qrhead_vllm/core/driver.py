@@ -133,8 +133,10 @@ class CaptureDriver:
 
     # --- the request table ------------------------------------------------------------------
     def admit(self, request_id: str, spec: CaptureSpec | None, num_prompt_tokens: int,
-              shape: ModelShape, error: str | None = None, handle: Any = None) -> Tracked:
-        """Start tracking a scoring request (``error``: its spec could not be read)."""
+              shape: ModelShape | None, error: str | None = None, handle: Any = None
+              ) -> Tracked:
+        """Start tracking a scoring request (``error``: why it cannot be captured, e.g. a spec
+        that could not be read; ``shape`` may then be None)."""
         error = error or (spec_error(spec, num_prompt_tokens, shape) if spec else
                           "no qrhead spec")
         layers = {} if error else layer_heads(spec.heads, shape.num_heads, shape.num_kv_heads,

@@ -1,4 +1,4 @@
-"""vLLM integration: the capture store, KV-cache layouts, the worker extension, backends.
+"""vLLM integration: the capture adapter, KV-cache layouts, the worker extension, backends.
 
 Everything that imports vllm lives here or in ``qrhead_vllm.patches``. Engine-version-specific
 wrapping is in ``qrhead_vllm.patches.vllm_0_NN``; this folder holds what is version-stable.

@@ -106,7 +106,9 @@ class VLLMCapture:
         spec, error = read_spec(params)
         if spec is None and error is None:
             return False                            # an ordinary request
-        _, shape = self._runners[self._runner]
+        _, shape = self._runners.get(self._runner, ({}, None))
+        if shape is None:       # initialize_kv_cache never ran through our wrapper
+            error = error or "this worker's attention layers were never verified by qrhead-vllm"
         self.driver.admit(req_id, spec, state.num_prompt_tokens, shape, error)
         return True
 
