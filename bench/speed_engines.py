@@ -113,7 +113,7 @@ class HookTimer:
     capture's own work (gather, self-check, softmax rows), separated from the load's noise."""
 
     def __init__(self):
-        from qrhead_vllm.integration.vllm.capture import CaptureStore
+        from qrhead_vllm.integration.vllm.capture import VLLMCapture as CaptureStore
         self.seconds = 0.0
         for name in ("begin_step", "on_attention", "end_step"):
             setattr(CaptureStore, name, self._timed(getattr(CaptureStore, name)))

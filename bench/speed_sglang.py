@@ -66,7 +66,7 @@ def use_cpu_standins() -> Path:
 def variants(backend):
     """plain / capture callables on one engine; each starts from an empty radix cache."""
     from qrhead_vllm.integration.sglang.backend import scoring_request
-    from qrhead_vllm.integration.sglang.request_spec import decode_result
+    from qrhead_vllm.integration.sglang.results import decode_result
     engine = backend.engine
 
     def run(ids, params):

@@ -9,7 +9,12 @@
    attached to their requests (``req.customized_info``).
 3. ``Req._compute_max_prefix_len``: cap a scoring request's radix-cache hit at its query-span
    start (the span's queries are never cached, so a hit inside it would lose rows; the
-   documents before it are shared as usual, which is what serves the null pass).
+   documents before it are shared as usual, which is what serves the null pass). SGLang's
+   public route to the same cap is a request asking for input logprobs from the span start
+   (``return_logprob=True, logprob_start_len=span_start``, which ``_compute_max_prefix_len``
+   honours), but it costs the LM head over the span and a logprob payload per request, and a
+   client's own ``/generate`` request would lose the cap; so the wrap stays (a hit inside the
+   span would still not give a wrong score: ``SpanCapture`` reports the rows it never saw).
 4. ``ModelRunner.init_cuda_graphs``: once pools, attention backend and graphs exist, refuse
    what we cannot score and probe the KV layout (``kv_layout.verify_runner``).
 5. ``Scheduler.on_idle``: forget requests aborted before their last prompt token.
@@ -24,9 +29,9 @@ from __future__ import annotations
 import logging
 
 from qrhead_vllm.errors import EngineCompatibilityError
+from qrhead_vllm.integration.request_spec import prefix_hit_cap
 from qrhead_vllm.integration.sglang.capture import STORE
 from qrhead_vllm.integration.sglang.kv_layout import verify_runner
-from qrhead_vllm.integration.sglang.request_spec import RequestSpec
 from qrhead_vllm.patches import wrap_method
 
 logger = logging.getLogger(__name__)
@@ -74,11 +79,8 @@ def _step_wrapper(original):
 def _prefix_cap_wrapper(original):
     def _compute_max_prefix_len(self, input_len, *args, **kwargs):
         limit = original(self, input_len, *args, **kwargs)
-        try:
-            spec = RequestSpec.from_sampling_params(self.sampling_params)
-        except (ValueError, KeyError, TypeError):
-            return 0          # malformed spec: no cache hit; the capture reports the error
-        return limit if spec is None else max(0, min(limit, spec.span_start))
+        cap = prefix_hit_cap(getattr(self.sampling_params, "custom_params", None))
+        return limit if cap is None else min(limit, cap)
     return _compute_max_prefix_len
 
 
@@ -103,7 +105,7 @@ def _startup_check_wrapper(original):
 def _idle_wrapper(original):
     def on_idle(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        if STORE.active:
+        if STORE.driver.requests:
             STORE.prune()
         return out
     return on_idle

@@ -25,11 +25,11 @@ import importlib
 import logging
 
 from qrhead_vllm.errors import EngineCompatibilityError
+from qrhead_vllm.integration.request_spec import prefix_hit_cap
 from qrhead_vllm.integration.vllm.capture import STORE
 from qrhead_vllm.integration.vllm.kv_layout import verify_layer
 from qrhead_vllm.integration.vllm.layer_cut import (check_cut, check_request, last_layer_of,
                                                     verify_partial_model)
-from qrhead_vllm.integration.vllm.request_spec import RequestSpec
 from qrhead_vllm.patches import wrap_function, wrap_method
 
 logger = logging.getLogger(__name__)
@@ -114,8 +114,8 @@ def _patch_runner() -> None:
 
 def _get_computed_blocks_wrapper(original):
     def get_computed_blocks(self, request, *args, **kwargs):
-        spec = RequestSpec.from_sampling_params(request.sampling_params)
-        token = _hit_cap.set(spec.span_start if spec else None)
+        params = getattr(request.sampling_params, "extra_args", None)
+        token = _hit_cap.set(prefix_hit_cap(params))
         try:
             return original(self, request, *args, **kwargs)
         finally:

@@ -8,30 +8,13 @@ workers). The one rule that turns QRHead on: the environment variable ``QRHEAD_E
 
 from __future__ import annotations
 
-import importlib
-import logging
+from qrhead_vllm.integration.plugin import EnginePlugin
+from qrhead_vllm.integration.vllm import VERSIONS
 
-from qrhead_vllm import envs
-
-logger = logging.getLogger(__name__)
-_registered = False
+PLUGIN = EnginePlugin(VERSIONS)
 
 
 def register() -> None:
-    """Check the vLLM version and install the hooks of that version, once per process.
-
-    Raises:
-        EngineCompatibilityError: at start-up, on an unsupported vLLM version or engine
-            internals that changed shape (never later, mid-request).
-    """
-    global _registered
-    if _registered or not envs.plugin_enabled():
-        return
-    import vllm
-
-    from qrhead_vllm.integration.vllm.version import check_vllm_version
-
-    module = check_vllm_version(vllm.__version__)
-    importlib.import_module(f"qrhead_vllm.patches.{module}").apply()
-    _registered = True
-    logger.info("qrhead-vllm hooks installed for vLLM %s", vllm.__version__)
+    """Check the vLLM version and install the hooks of that version, once per process
+    (:meth:`EnginePlugin.register`)."""
+    PLUGIN.register()

@@ -70,6 +70,12 @@ def test_recomputed_slice_starts_over():
     torch.testing.assert_close(ordered(cap.result()), expected(QK), atol=1e-6, rtol=0)
 
 
+def test_span_rows_never_computed_are_an_error():
+    cap = capture()
+    assert run_step(cap, QK, 32, 8)           # a cache hit covered 0..31: rows 30, 31 lost
+    assert "positions 30..31 were never computed" in cap.result().error
+
+
 def test_a_layer_never_captured_is_an_error():
     cap = capture()
     run_step(cap, QK, 0, T, layers=(0,))      # layer 2 holds heads but never ran

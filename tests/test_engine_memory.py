@@ -1,4 +1,4 @@
-"""CPU engine sizing (qrhead_vllm/integration/vllm/memory.py): the KV budget follows the model and
+"""CPU engine sizing (qrhead_vllm/integration/memory.py): the KV budget follows the model and
 the context, never a fraction of the box, and a box that cannot fit the engine is refused before
 it starts with the numbers and the knobs in the message."""
 
@@ -8,9 +8,10 @@ import pytest
 
 from qrhead_vllm.errors import InsufficientMemoryError
 from qrhead_vllm.heads import ModelFacts
-from qrhead_vllm.integration.vllm.memory import (
-    GiB, HEADROOM_BYTES, kv_bytes_per_token, node_of_binding, plan_cpu_memory, weight_bytes,
+from qrhead_vllm.integration.memory import (
+    GiB, HEADROOM_BYTES, kv_bytes_per_token, plan_cpu_memory, weight_bytes,
 )
+from qrhead_vllm.integration.vllm.engine_args import node_of_binding
 
 SMOLLM2 = ModelFacts(model_id="HuggingFaceTB/SmolLM2-135M-Instruct",
                      architecture="LlamaForCausalLM", num_layers=30, num_heads=9,

@@ -158,10 +158,10 @@ def test_admission_rules_of_a_score_only_engine():
     from vllm.exceptions import VLLMValidationError
 
     from qrhead_vllm.integration.vllm.layer_cut import additional_config, check_request
-    from qrhead_vllm.integration.vllm.request_spec import RequestSpec
+    from qrhead_vllm.integration.request_spec import RequestSpec
     cut, full = (SimpleNamespace(additional_config=additional_config(LAST)),
                  SimpleNamespace(additional_config={}))
-    spec = RequestSpec("k", 10, ((0, 1), (LAST, 2))).to_extra_args()
+    spec = RequestSpec(10, ((0, 1), (LAST, 2)), "k").as_params()
     check_request(cut, SamplingParams(max_tokens=1, extra_args=spec))          # admitted
     for params in (SamplingParams(max_tokens=16),                             # generation
                    SamplingParams(max_tokens=16, extra_args=spec),            # more than 1 token
@@ -169,6 +169,6 @@ def test_admission_rules_of_a_score_only_engine():
         with pytest.raises(VLLMValidationError, match="score-only"):
             check_request(cut, params)
         check_request(full, params)                   # a full engine admits all of them
-    deep = RequestSpec("k", 10, ((0, 1), (LAST + 1, 2))).to_extra_args()
+    deep = RequestSpec(10, ((0, 1), (LAST + 1, 2)), "k").as_params()
     with pytest.raises(VLLMValidationError, match=f"layer {LAST + 1} lie beyond"):
         check_request(cut, SamplingParams(max_tokens=1, extra_args=deep))

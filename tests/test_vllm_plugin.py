@@ -11,8 +11,10 @@ import textwrap
 import pytest
 
 from qrhead_vllm.errors import EngineCompatibilityError
-from qrhead_vllm.integration.vllm.version import check_vllm_version, supported_range
+from qrhead_vllm.integration.vllm import VERSIONS
 from qrhead_vllm.patches import wrap_function, wrap_method
+
+check_vllm_version, supported_range = VERSIONS.check, VERSIONS.supported_range
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:

@@ -81,6 +81,10 @@ class SpanCapture:
             return False
         if first_pos < self.covered:               # preempted and recomputed: start over
             self.rows, self._key_mismatch = {}, None
+        elif first_pos > max(self.covered, self.span_start) and self.error is None:
+            self.error = (f"query-span positions {max(self.covered, self.span_start)}.."
+                          f"{first_pos - 1} were never computed (a prefix-cache hit inside the "
+                          "span: the engine's cache cap at the span start did not apply)")
         self.covered, self._step, self._step_layers = end, (first_pos, num_tokens), set()
         return True
 

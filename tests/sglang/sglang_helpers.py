@@ -32,7 +32,7 @@ def assert_equivalent(got, want, req) -> None:
 def cold_then_warm_hits(backend, req, want, tol: float = 1e-4) -> list[int]:
     """Prefill ``req``'s real prompt twice from a flushed radix cache; each pass's rows must
     equal ``want.real``. Returns the radix hit (cached tokens) of each pass."""
-    from qrhead_vllm.integration.sglang.request_spec import decode_result
+    from qrhead_vllm.integration.sglang.results import decode_result
     assert backend.engine.flush_cache().success
     hits = []
     for _ in range(2):

@@ -21,7 +21,7 @@ import pytest
 from qrhead_vllm.backends import MassRequest
 from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.integration.sglang.backend import run_in_engine_loop, scoring_request
-from qrhead_vllm.integration.sglang.request_spec import decode_result
+from qrhead_vllm.integration.sglang.results import decode_result
 from qrhead_vllm.ranker import QRHeadRanker
 from sglang_helpers import SMOLLM2_HEADS, assert_equivalent, cold_then_warm_hits, max_diff
 

@@ -16,7 +16,9 @@ import torch
 
 from qrhead_vllm.errors import EngineCompatibilityError, InsufficientMemoryError
 from qrhead_vllm.integration.sglang import kv_layout
-from qrhead_vllm.integration.sglang.version import check_sglang_version, supported_range
+from qrhead_vllm.integration.sglang import VERSIONS
+
+check_sglang_version, supported_range = VERSIONS.check, VERSIONS.supported_range
 
 
 def _run(code: str, timeout: int = 900, **env) -> subprocess.CompletedProcess:

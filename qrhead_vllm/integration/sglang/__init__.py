@@ -1,4 +1,4 @@
-"""SGLang integration: the capture store, start-up checks, request plumbing, backends.
+"""SGLang integration: the capture adapter, start-up checks, engine arguments, backends.
 
 Everything that imports sglang lives here or in ``qrhead_vllm.patches.sglang_0_NN``; the
 version-specific wrapping is in the patch module, this folder holds what is version-stable.
@@ -9,5 +9,7 @@ the memory pools and the ``Req`` objects); a scoring request's spec travels ther
 ``meta_info["qrhead"]``, so there is no pull call and nothing is kept after a request ends.
 """
 
-SPEC_KEY = "qrhead"     # custom_params key of a scoring request (a JSON string)
-RESULT_KEY = "qrhead"   # customized_info / meta_info key of its result
+from qrhead_vllm.integration.versions import EngineVersions
+
+# The supported range is the ``sglang`` extra's specifier in pyproject.toml.
+VERSIONS = EngineVersions("SGLang", ("sglang",), "sglang")

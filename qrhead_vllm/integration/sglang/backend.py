@@ -23,15 +23,15 @@ from qrhead_vllm.core import ScoringPrompt
 from qrhead_vllm.heads import ModelFacts
 from qrhead_vllm.errors import CaptureError, InsufficientMemoryError
 from qrhead_vllm.integration.sglang.engine_args import check_pool, engine_env, engine_kwargs
-from qrhead_vllm.integration.sglang.request_spec import (RequestSpec, capture_seconds,
-                                                         decode_result)
+from qrhead_vllm.integration.request_spec import RequestSpec
+from qrhead_vllm.integration.sglang.results import capture_seconds, decode_result
 
 
 def scoring_request(prompt: ScoringPrompt, heads) -> tuple[list[int], dict[str, Any], str]:
     """(input ids, sampling params, request id) of one capture-carrying prefill."""
     spec = RequestSpec(prompt.query_start, tuple(heads))
     params = {"max_new_tokens": 1, "temperature": 0.0,
-              "custom_params": spec.to_custom_params()}
+              "custom_params": spec.as_params()}
     return list(prompt.token_ids), params, f"qrhead-{uuid.uuid4().hex}"
 
 

@@ -7,7 +7,7 @@ what it needs) and refuses, before anything starts, what the scheduler would ref
 Memory on CPU: SGLang budgets ``mem_fraction_static`` × (memory available at start-up) for
 weights + KV cache and fills the rest of it with KV slots unless ``max_total_tokens`` caps them.
 A fraction that fits one box starves or overcommits another, so, as for vLLM
-(``integration/vllm/memory.py``, whose pure functions we reuse), the KV cache is sized by need:
+(``integration/memory.py``), the KV cache is sized by need:
 ``max_total_tokens`` = ``kv_cache_sequences`` × context, after checking weights + that KV cache
 + headroom against the memory SGLang will see; the fraction is then only a ceiling
 (:data:`FRACTION`). :func:`check_pool` verifies after start-up that the pool holds a context.
@@ -15,17 +15,17 @@ A fraction that fits one box starves or overcommits another, so, as for vLLM
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
-from qrhead_vllm import envs
 from qrhead_vllm.errors import InsufficientMemoryError
+from qrhead_vllm.heads import ModelFacts
+from qrhead_vllm.integration.engine_env import on_cpu, scoped_env
+from qrhead_vllm.integration.memory import (DEFAULT_KV_CACHE_SEQUENCES, GiB, plan_cpu_memory,
+                                            weight_bytes)
 from qrhead_vllm.integration.sglang.kv_layout import check_server_args
-from qrhead_vllm.integration.vllm.memory import (DEFAULT_KV_CACHE_SEQUENCES, GiB,
-                                                 plan_cpu_memory, weight_bytes)
 
 logger = logging.getLogger(__name__)
 CPU_ENGINE = "SGLANG_USE_CPU_ENGINE"   # SGLang's CPU mode; read when sglang is imported
@@ -40,34 +40,16 @@ CPU_DEFAULTS = {"device": "cpu", "attention_backend": "torch_native"}  # x86 def
 FRACTION = 0.9
 
 
-def on_cpu() -> bool:
-    import torch
-    return not torch.cuda.is_available()
-
-
-@contextlib.contextmanager
-def engine_env(qrhead: bool = True) -> Iterator[None]:
-    """The environment an engine's processes inherit, set while it starts.
-
-    ``QRHEAD_ENABLED=1`` for hooked engines (restored afterwards, so engines the caller starts
-    later are not hooked by accident). ``SGLANG_USE_CPU_ENGINE=1`` on CPU stays set: SGLang
-    reads it when it is imported, in this process as in its children.
+def engine_env(qrhead: bool = True):
+    """The environment an engine's processes inherit, set while it starts
+    (:func:`~qrhead_vllm.integration.engine_env.scoped_env`): ``QRHEAD_ENABLED=1`` and the
+    hooks installed here for hooked engines. ``SGLANG_USE_CPU_ENGINE=1`` on CPU is set for good:
+    SGLang reads it when it is imported, in this process as in its children.
     """
+    from qrhead_vllm.plugin_sglang import register
     if on_cpu():
         os.environ.setdefault(CPU_ENGINE, "1")
-    saved = os.environ.get(envs.ENABLED)
-    if qrhead:
-        os.environ[envs.ENABLED] = "1"
-    try:
-        if qrhead:  # raises EngineCompatibilityError here, in the caller's process
-            from qrhead_vllm.plugin_sglang import register
-            register()
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(envs.ENABLED, None)
-        else:
-            os.environ[envs.ENABLED] = saved
+    return scoped_env({}, register if qrhead else None)
 
 
 def engine_kwargs(model_path: str, dtype: str, *, qrhead: bool = True,
@@ -107,8 +89,6 @@ def cpu_memory_args(model_path: str, dtype: str, context_length: int | None,
         InsufficientMemoryError: weights + KV cache + headroom exceed the available memory.
     """
     from transformers import AutoConfig
-
-    from qrhead_vllm.heads import ModelFacts
     config = AutoConfig.from_pretrained(model_path)
     text = getattr(config, "text_config", None) or config
     facts = ModelFacts.from_hf_config(config, model_path)

@@ -31,16 +31,15 @@ from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.heads import ModelFacts
 from qrhead_vllm.integration.vllm.engine_args import engine_env, engine_kwargs
 from qrhead_vllm.integration.vllm.layer_cut import last_layer_of
-from qrhead_vllm.integration.vllm.request_spec import RequestSpec
-from qrhead_vllm.integration.vllm.worker_ext import decode_rows
+from qrhead_vllm.integration.request_spec import RequestSpec, result_rows
 
 
 def scoring_request(prompt: ScoringPrompt, heads) -> tuple[dict, Any, str]:
     """(prompt, SamplingParams, key) of one capture-carrying prefill."""
     from vllm import SamplingParams
     key = uuid.uuid4().hex
-    spec = RequestSpec(key, prompt.query_start, tuple(heads))
-    params = SamplingParams(max_tokens=1, temperature=0.0, extra_args=spec.to_extra_args())
+    spec = RequestSpec(prompt.query_start, tuple(heads), key)
+    params = SamplingParams(max_tokens=1, temperature=0.0, extra_args=spec.as_params())
     return {"prompt_token_ids": list(prompt.token_ids)}, params, key
 
 
@@ -58,7 +57,7 @@ def merge_worker_results(replies: Sequence[dict], key: str, num_heads: int) -> t
             continue
         if res["error"]:
             raise CaptureError(f"QRHead capture failed: {res['error']}")
-        rows = decode_rows(res["rows"])  # see worker_ext: tensors do not survive msgpack
+        rows = result_rows(res)  # see worker_ext: tensors do not survive msgpack
         if out is None:
             out = torch.zeros(num_heads, rows.shape[1])
         out[res["index"]] = rows

@@ -7,21 +7,23 @@ left as it was once the engine is up.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
-from qrhead_vllm import envs
 from qrhead_vllm.errors import EngineCompatibilityError
+from qrhead_vllm.heads import ModelFacts
+from qrhead_vllm.integration.engine_env import on_cpu, scoped_env
+from qrhead_vllm.integration.memory import (DEFAULT_KV_CACHE_SEQUENCES, MemoryPlan,
+                                            plan_cpu_memory, weight_bytes)
 from qrhead_vllm.integration.vllm import WORKER_EXTENSION
 from qrhead_vllm.integration.vllm.layer_cut import additional_config, check_model
-from qrhead_vllm.integration.vllm.memory import (CPU_BLOCK_SIZE, DEFAULT_KV_CACHE_SEQUENCES,
-                                                 plan_for_engine)
 
 logger = logging.getLogger(__name__)
 ENGINE_DEFAULTS = {"enforce_eager": True, "enable_prefix_caching": True}
 THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+CPU_BLOCK_SIZE = 128            # vLLM's CPU attention block size (tokens)
 
 
 def cpu_thread_binding(tensor_parallel_size: int = 1, cpus: int | None = None) -> str:
@@ -33,37 +35,17 @@ def cpu_thread_binding(tensor_parallel_size: int = 1, cpus: int | None = None) -
     return "|".join(f"{a}-{b}" if b > a else str(a) for a, b in groups)
 
 
-@contextlib.contextmanager
-def engine_env(tensor_parallel_size: int = 1, qrhead: bool = True) -> Iterator[None]:
-    """The environment an engine's processes inherit, set only while it starts.
+def engine_env(tensor_parallel_size: int = 1, qrhead: bool = True):
+    """The environment an engine's processes inherit, set only while it starts
+    (:func:`~qrhead_vllm.integration.engine_env.scoped_env`).
 
-    QRHead on (``QRHEAD_ENABLED=1``) for hooked engines, and on CPU every core used by the
-    worker(s) (vLLM's CPU default reserves one of two cores for the front end, halving prefill
-    speed). The variables are restored on exit: the caller's process is not left with the plugin
-    switched on for engines it starts later.
+    QRHead on (``QRHEAD_ENABLED=1``, hooks installed here) for hooked engines, and on CPU every
+    core used by the worker(s) (vLLM's CPU default reserves one of two cores for the front end,
+    halving prefill speed).
     """
-    wanted = {THREADS_BIND: os.environ.get(THREADS_BIND)
-              or cpu_thread_binding(tensor_parallel_size)}
-    if qrhead:
-        wanted[envs.ENABLED] = "1"
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
-        if qrhead:  # an in-process engine core uses this process's patches
-            from qrhead_vllm.plugin import register
-            register()
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def on_cpu() -> bool:
-    import torch
-    return not torch.cuda.is_available()
+    from qrhead_vllm.plugin import register
+    bind = os.environ.get(THREADS_BIND) or cpu_thread_binding(tensor_parallel_size)
+    return scoped_env({THREADS_BIND: bind}, register if qrhead else None)
 
 
 def engine_kwargs(model_path: str, dtype: str, *, qrhead: bool = True,
@@ -71,7 +53,7 @@ def engine_kwargs(model_path: str, dtype: str, *, qrhead: bool = True,
                   last_layer: int | None = None, **overrides: Any) -> dict[str, Any]:
     """Engine arguments with our defaults; anything the caller passes wins.
 
-    On CPU the KV cache is sized from the model and the context (:mod:`.memory`), unless the
+    On CPU the KV cache is sized from the model and the context (:mod:`..memory`), unless the
     caller set ``kv_cache_memory_bytes`` or ``gpu_memory_utilization`` explicitly.
 
     Args:
@@ -140,8 +122,6 @@ def cpu_kv_cache_bytes(model_path: str, dtype: str, max_model_len: int | None,
     """The KV budget of a CPU engine (of its layers ``0..last_layer`` for a score-only one),
     after checking the whole engine fits its NUMA node."""
     from transformers import AutoConfig
-
-    from qrhead_vllm.heads import ModelFacts
     config = AutoConfig.from_pretrained(model_path)
     text = getattr(config, "text_config", None) or config
     facts = ModelFacts.from_hf_config(config, model_path)
@@ -149,3 +129,32 @@ def cpu_kv_cache_bytes(model_path: str, dtype: str, max_model_len: int | None,
                            kv_cache_sequences, last_layer, block_size)
     logger.info("qrhead-vllm engine memory: %s", plan.describe())
     return plan.kv_cache_bytes
+
+
+def node_of_binding(binding: str | None) -> int:
+    """NUMA node of the first CPU in a ``VLLM_CPU_OMP_THREADS_BIND`` value (0 if unknown)."""
+    try:
+        cpu = int(str(binding).replace("|", ",").replace("-", ",").split(",")[0])
+    except ValueError:
+        return 0
+    nodes = sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}").glob("node[0-9]*"))
+    return int(nodes[0].name[4:]) if nodes else 0
+
+
+def node_available_bytes(node: int) -> int:
+    """The available memory vLLM itself will check against (its NUMA and cgroup reading)."""
+    from vllm.utils.cpu_resource_utils import get_memory_node_info
+    return int(get_memory_node_info(node).available_memory)
+
+
+def plan_for_engine(model_path: str, facts: ModelFacts, dtype: str, max_model_len: int,
+                    kv_cache_sequences: int = DEFAULT_KV_CACHE_SEQUENCES,
+                    last_layer: int | None = None,
+                    block_size: int = CPU_BLOCK_SIZE) -> MemoryPlan:
+    """:func:`plan_cpu_memory` for an engine about to start in this process's environment
+    (a score-only one when ``last_layer`` is set)."""
+    node = node_of_binding(os.environ.get(THREADS_BIND))
+    layers = None if last_layer is None else last_layer + 1
+    return plan_cpu_memory(facts, dtype, max_model_len, node_available_bytes(node),
+                           weight_bytes(model_path, dtype, last_layer), kv_cache_sequences,
+                           node, block_size, layers)

@@ -14,6 +14,28 @@ What a truncated model cannot do is generate: its last hidden state never went t
 remaining layers, so its logits are meaningless. A score-only engine therefore refuses every
 request that is not a one-token scoring request whose heads lie within the cut, at admission
 (:func:`check_request`), with the layer named.
+
+Why patches and not vLLM's documented model registration (tried for vLLM 0.32, issue 18): a
+class ``ScoreOnlyLlamaForCausalLM(LlamaForCausalLM)`` registered by string
+(``ModelRegistry.register_model``) and selected with ``hf_overrides={"architectures": [...]}``
+would replace the ``get_pp_indices`` and ``load_model`` wraps, but
+
+* ``LlamaModel`` sizes ``make_layers`` from ``hf_config.num_hidden_layers``, so the class would
+  have to lower it on the shared config while its ``__init__`` runs (the same scoped trick as
+  the wrap, on a shared object instead of a context variable), and filter the deeper layers'
+  weights out of ``load_weights``;
+* it renames the architecture for everything downstream (``model_config.architectures``, the
+  ``ModelFacts`` a backend reads from vLLM's config, the verified-model check, logs), and needs
+  one subclass per verified architecture, where the wrap serves any model built by
+  ``make_layers`` (:func:`verify_partial_model` refuses the others);
+* overriding ``num_hidden_layers`` alone (no class) changes the model's facts: head configs
+  would no longer match it (``HeadConfig.check_model`` compares ``num_layers``).
+
+Admission has a documented hook too, a custom logits processor's ``validate_params``, but it
+receives the ``SamplingParams`` only (not the engine's config, so not its cut), and a custom
+logits processor joins every sampling step of every request; ``InputProcessor._validate_params``
+stays wrapped. Size is about equal either way; the wraps are model-agnostic and leave the
+engine's config untouched, so they are kept.
 """
 
 from __future__ import annotations
@@ -22,7 +44,7 @@ from typing import Any
 
 from qrhead_vllm.core.heads import beyond_last_layer
 from qrhead_vllm.errors import EngineCompatibilityError
-from qrhead_vllm.integration.vllm.request_spec import NAMESPACE, RequestSpec
+from qrhead_vllm.integration.request_spec import NAMESPACE, MalformedSpec, RequestSpec
 
 # Model classes whose partial build is verified end to end: the equality test against the full
 # engine (tests/test_vllm_early_exit.py) covers them. Others are refused at start-up.
@@ -104,7 +126,10 @@ def check_request(vllm_config, params) -> None:
     if last_layer is None:
         return
     from vllm.exceptions import VLLMValidationError
-    spec = RequestSpec.from_sampling_params(params)
+    try:
+        spec = RequestSpec.from_params(getattr(params, "extra_args", None))
+    except MalformedSpec as e:
+        raise VLLMValidationError(str(e)) from None
     wants_logits = getattr(params, "logprobs", None) or getattr(params, "prompt_logprobs", None)
     if spec is None or getattr(params, "max_tokens", None) != 1 or wants_logits:
         raise VLLMValidationError(

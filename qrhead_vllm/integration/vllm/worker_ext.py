@@ -1,12 +1,9 @@
 """Worker extension: the methods clients reach with ``collective_rpc`` (one reply per worker).
 
-Passed to vLLM as ``worker_extension_cls``; vLLM mixes it into its Worker class.
-
-Transport: with the multiprocess engine core (always for ``AsyncLLM``), utility results cross a
-msgpack socket that only restores *top-level* typed values; a tensor nested in our result dicts
-arrives as ``[dtype, shape, <index of a lost aux buffer>]``. So rows travel as
-``(dtype, shape, raw bytes)`` (exact: no float conversion) and :func:`decode_rows` rebuilds them
-on the client; in-process engines hand back whatever was sent, which it accepts too.
+Passed to vLLM as ``worker_extension_cls``; vLLM mixes it into its Worker class. Results are
+the JSON-safe payloads of :mod:`qrhead_vllm.integration.request_spec`: with the multiprocess
+engine core (always for ``AsyncLLM``) utility results cross a msgpack socket that only restores
+*top-level* typed values, so a tensor nested in a reply would not survive it.
 """
 
 from __future__ import annotations
@@ -16,26 +13,10 @@ import torch
 from qrhead_vllm.integration.vllm.capture import STORE
 
 
-def encode_rows(rows: torch.Tensor) -> list:
-    rows = rows.detach().to("cpu").contiguous()
-    return [str(rows.dtype).removeprefix("torch."), list(rows.shape), rows.numpy().tobytes()]
-
-
-def decode_rows(rows) -> torch.Tensor:
-    """Inverse of :func:`encode_rows`; tensors (in-process engines) pass through."""
-    if isinstance(rows, torch.Tensor):
-        return rows
-    dtype, shape, data = rows
-    if not data:  # torch.frombuffer refuses empty buffers
-        return torch.zeros(shape, dtype=getattr(torch, dtype))
-    return torch.frombuffer(bytearray(data), dtype=getattr(torch, dtype)).reshape(shape)
-
-
 class QRHeadWorkerExtension:
     def qrhead_pop(self, keys: list[str]) -> dict[str, dict]:
         """Take (and forget) the finished captures named by ``keys`` on this rank."""
-        out = STORE.pop(list(keys))
-        return {k: {**v, "rows": encode_rows(v["rows"])} for k, v in out.items()}
+        return STORE.pop(list(keys))
 
     def qrhead_stats(self) -> dict[str, int]:
         """Buffers held on this rank: in-progress accumulators and unclaimed results."""

@@ -1,5 +1,8 @@
 """Sizing a CPU engine by what it needs, not by a fraction of whatever box it lands on.
 
+Engine-neutral: the vLLM and the SGLang engine arguments (``integration/<engine>/engine_args``)
+both size their KV cache with :func:`plan_cpu_memory`, from the memory their engine will see.
+
 On CPU, vLLM reads ``gpu_memory_utilization`` as a fraction of the NUMA node's *total* memory
 and gives the KV cache what is left of it after the weights: a fraction that works on one box
 leaves a negative KV budget on a box whose node is smaller (issue 9: 0.12 × 11.96 GiB < 1.7 GiB
@@ -11,7 +14,7 @@ fails with the numbers and the knob to turn instead of vLLM's negative-budget er
 
     need = weights + KV cache (kv_cache_sequences × max_model_len tokens, whole blocks) + headroom
 
-A score-only engine (``last_layer``, see :mod:`.layer_cut`) holds the weights and the KV cache
+A score-only engine (``last_layer``, see :mod:`.vllm.layer_cut`) holds the weights and the KV cache
 of layers ``0..last_layer`` only, and is sized for exactly that.
 """
 
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -29,7 +31,6 @@ from qrhead_vllm.errors import InsufficientMemoryError
 from qrhead_vllm.heads import ModelFacts
 
 GiB = 2**30
-CPU_BLOCK_SIZE = 128            # vLLM's CPU attention block size (tokens)
 HEADROOM_BYTES = GiB            # activations of one prefill step, allocator slack, the runtime
 # Full-length sequences the KV cache holds at once: one scoring prompt of max_model_len and its
 # null twin (which shares all but the query span). Servers that batch raise it.
@@ -110,10 +111,10 @@ class MemoryPlan:
 def plan_cpu_memory(facts: ModelFacts, dtype: str, max_model_len: int, available_bytes: int,
                     weights: int | None = None, kv_cache_sequences: int =
                     DEFAULT_KV_CACHE_SEQUENCES, node: int = 0,
-                    block_size: int = CPU_BLOCK_SIZE,
+                    block_size: int = 1,
                     num_layers: int | None = None) -> MemoryPlan:
     """The KV budget for ``kv_cache_sequences`` full-length sequences of ``num_layers`` layers
-    (default: all), checked against the node.
+    (default: all), in whole blocks of ``block_size`` tokens, checked against the node.
 
     Raises:
         InsufficientMemoryError: the engine does not fit; the message names every number and
@@ -131,32 +132,3 @@ def plan_cpu_memory(facts: ModelFacts, dtype: str, max_model_len: int, available
             "max_model_len or kv_cache_sequences, use dtype=bfloat16, free memory on the node, "
             "or set kv_cache_memory_bytes yourself.")
     return plan
-
-
-def node_of_binding(binding: str | None) -> int:
-    """NUMA node of the first CPU in a ``VLLM_CPU_OMP_THREADS_BIND`` value (0 if unknown)."""
-    try:
-        cpu = int(str(binding).replace("|", ",").replace("-", ",").split(",")[0])
-    except ValueError:
-        return 0
-    nodes = sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}").glob("node[0-9]*"))
-    return int(nodes[0].name[4:]) if nodes else 0
-
-
-def node_available_bytes(node: int) -> int:
-    """The available memory vLLM itself will check against (its NUMA and cgroup reading)."""
-    from vllm.utils.cpu_resource_utils import get_memory_node_info
-    return int(get_memory_node_info(node).available_memory)
-
-
-def plan_for_engine(model_path: str, facts: ModelFacts, dtype: str, max_model_len: int,
-                    kv_cache_sequences: int = DEFAULT_KV_CACHE_SEQUENCES,
-                    last_layer: int | None = None,
-                    block_size: int = CPU_BLOCK_SIZE) -> MemoryPlan:
-    """:func:`plan_cpu_memory` for an engine about to start in this process's environment
-    (a score-only one when ``last_layer`` is set)."""
-    node = node_of_binding(os.environ.get("VLLM_CPU_OMP_THREADS_BIND"))
-    layers = None if last_layer is None else last_layer + 1
-    return plan_cpu_memory(facts, dtype, max_model_len, node_available_bytes(node),
-                           weight_bytes(model_path, dtype, last_layer), kv_cache_sequences,
-                           node, block_size, layers)

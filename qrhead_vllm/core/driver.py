@@ -1,0 +1,211 @@
+"""The capture driver: every engine's scoring requests, step by step, layer by layer.
+
+One driver per engine process serves every engine integration (LMCache's shape: the engine is
+neutral, each ``integration/<engine>/`` adapter only translates its engine's metadata). Per
+forward step the adapter tells the driver
+
+* which rows of the flattened batch are scoring requests (:class:`StepRow`: request id, first
+  prompt position and token count of the step, token offset in the batch, block-table row),
+  after :meth:`CaptureDriver.admit`-ting requests it sees for the first time;
+* for each attention layer, once the layer has written this step's keys, the layer's
+  :class:`LayerInput` (queries, the keys it wrote, the paged key cache as
+  ``[num_blocks, block_size, H_kv, D]``, the block table, scale, sliding window);
+* when the step ends; the driver then returns the requests whose last prompt token it held,
+  and the adapter delivers their results its own way.
+
+The driver owns the request table, the validation of a request against the model (one set of
+rules for every engine), the per-layer loop, the paged key gather, the once-per-step key
+self-check, the errors (one request's failure never crashes the engine, and never becomes a
+wrong score: it is the request's result) and the capture time of each request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
+
+import torch
+
+from qrhead_vllm.core.attention import gather_paged_keys
+from qrhead_vllm.core.capture import CaptureResult, SpanCapture, layer_heads
+from qrhead_vllm.core.heads import Head, beyond_last_layer
+
+logger = logging.getLogger(__name__)
+
+
+class CaptureSpec(Protocol):
+    """What a scoring request asks for (``integration.request_spec.RequestSpec``)."""
+
+    span_start: int                 # first prompt token of the query span (runs to the end)
+    heads: tuple[Head, ...]         # global (layer, query head)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a request is validated against: the whole model's head counts and depth, this
+    worker's tensor-parallel place, the attention layers it holds (None: all of them) and the
+    cut of a score-only engine (None: the full model)."""
+
+    num_heads: int
+    num_kv_heads: int
+    num_layers: int
+    tp_size: int = 1
+    rank: int = 0
+    layers: frozenset[int] | None = None
+    last_layer: int | None = None
+
+
+def spec_error(spec: CaptureSpec, num_prompt_tokens: int, shape: ModelShape) -> str | None:
+    """Why ``spec`` cannot be scored on this model, or None (the only request validation)."""
+    if not 0 <= spec.span_start < num_prompt_tokens:
+        return f"span_start {spec.span_start} outside the prompt ({num_prompt_tokens} tokens)"
+    bad = [h for h in spec.heads if not (0 <= h[0] < shape.num_layers
+                                         and 0 <= h[1] < shape.num_heads)]
+    if bad or not spec.heads:
+        return (f"heads {bad or '[]'} do not exist in this model ({shape.num_layers} layers "
+                f"x {shape.num_heads} heads)")
+    beyond = beyond_last_layer(spec.heads, shape.last_layer)
+    if beyond is not None:
+        return beyond
+    if shape.layers is None:
+        return None
+    absent = sorted({layer for layer, _ in spec.heads} - shape.layers)
+    if absent:
+        return (f"layers {absent} hold requested heads but this worker has no such attention "
+                f"layer (it has {len(shape.layers)})")
+    return None
+
+
+@dataclass
+class Tracked:
+    """One scoring request in the driver's table."""
+
+    request_id: str
+    spec: CaptureSpec | None          # None: a spec that could not be read (see capture.error)
+    capture: SpanCapture
+    handle: Any = None                # whatever the adapter needs to deliver the result
+    seconds: float = 0.0              # host time spent capturing (a metric, not a measurement)
+    checked_step: bool = False        # the key self-check runs on the first layer of a step
+
+    def result(self) -> CaptureResult:
+        return self.capture.result()
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One scoring request's slice of this step's flattened batch, from the engine's metadata."""
+
+    request_id: str
+    first_pos: int       # prompt position of its first token in the step (tokens computed before)
+    num_tokens: int      # its tokens in the step
+    token_offset: int    # its first token in the step's flattened query / key
+    table_row: int       # its row of the block table (vLLM batch row, SGLang req_to_token row)
+
+
+@dataclass(frozen=True)
+class LayerInput:
+    """One attention layer's tensors for this step, as the adapter reads them."""
+
+    layer: int                  # the index heads are addressed by
+    query: torch.Tensor         # [N, H_local, D] post-RoPE, the whole flattened step
+    key: torch.Tensor | None    # [N, H_kv_local, D] keys it wrote this step (self-check)
+    key_cache: torch.Tensor     # [num_blocks, block_size, H_kv_local, D] (a view is fine)
+    block_table: torch.Tensor   # [rows, max_blocks] physical block ids
+    scale: float
+    sliding_window: int | None = None
+
+
+@dataclass(frozen=True)
+class _Planned:
+    row: StepRow
+    req: Tracked
+
+
+@dataclass
+class CaptureDriver:
+    """All capture state of one engine process, keyed by the engine's request id."""
+
+    requests: dict[str, Tracked] = field(default_factory=dict)
+    _plan: list[_Planned] | None = None
+    _ending: list[Tracked] = field(default_factory=list)   # failed requests ending this step
+
+    # --- the request table ------------------------------------------------------------------
+    def admit(self, request_id: str, spec: CaptureSpec | None, num_prompt_tokens: int,
+              shape: ModelShape | None, error: str | None = None, handle: Any = None
+              ) -> Tracked:
+        """Start tracking a scoring request (``error``: why it cannot be captured, e.g. a spec
+        that could not be read; ``shape`` may then be None)."""
+        error = error or (spec_error(spec, num_prompt_tokens, shape) if spec else
+                          "no qrhead spec")
+        layers = {} if error else layer_heads(spec.heads, shape.num_heads, shape.num_kv_heads,
+                                              shape.tp_size, shape.rank)
+        capture = SpanCapture(spec.span_start if spec else 0, num_prompt_tokens, layers)
+        capture.error = error
+        tracked = self.requests[request_id] = Tracked(request_id, spec, capture, handle)
+        return tracked
+
+    def forget(self, request_ids: Iterable[str]) -> None:
+        """Drop requests that ended (finished or aborted) before their last prompt token."""
+        for request_id in request_ids:
+            self.requests.pop(request_id, None)
+
+    # --- step boundaries --------------------------------------------------------------------
+    def begin_step(self, rows: Iterable[StepRow]) -> None:
+        """Open the step of every admitted request among ``rows``."""
+        plan, self._ending = [], []
+        for row in rows:
+            req = self.requests.get(row.request_id)
+            if req is None:
+                continue
+            cap = req.capture
+            if cap.error is not None:       # nothing to capture: report at its last token
+                if row.first_pos + row.num_tokens >= cap.num_prompt_tokens:
+                    self._ending.append(req)
+            elif cap.begin_step(row.first_pos, row.num_tokens):
+                req.checked_step = False
+                plan.append(_Planned(row, req))
+        self._plan = plan
+
+    @property
+    def capturing(self) -> bool:
+        """Whether any request of the open step wants layers (the adapter's fast exit)."""
+        return bool(self._plan)
+
+    def end_step(self) -> list[Tracked]:
+        """Close the step; the requests it finished, removed from the table."""
+        plan, self._plan = self._plan or [], None
+        done = [p.req for p in plan if p.req.capture.end_step()] + self._ending
+        self._ending = []
+        self.forget(req.request_id for req in done)
+        return done
+
+    # --- per layer --------------------------------------------------------------------------
+    def on_layer(self, inp: LayerInput) -> None:
+        """Add this step's query-span rows of every request that reads ``inp.layer``."""
+        for p in self._plan or ():
+            cap = p.req.capture
+            if inp.layer not in cap.layers or cap.error is not None:
+                continue
+            start = time.perf_counter()
+            try:
+                self._capture(p, inp)
+            except Exception as e:  # never crash the engine for one request
+                logger.exception("qrhead capture failed on layer %s", inp.layer)
+                cap.error = f"{type(e).__name__}: {e}"
+            p.req.seconds += time.perf_counter() - start
+
+    def _capture(self, p: _Planned, inp: LayerInput) -> None:
+        cap = p.req.capture
+        offset, count = cap.span_slice()
+        first = p.row.token_offset + offset          # span rows in the flattened step
+        hi = cap.step_end                            # tokens of the sequence in the cache
+        keys = gather_paged_keys(inp.key_cache, inp.block_table[p.row.table_row], hi)
+        if not p.req.checked_step and inp.key is not None:
+            # The span rows' keys read back through the cache layout must be the keys the
+            # layer just wrote (evaluated once the request finishes: no host sync here).
+            cap.check_keys(keys[:, hi - count:hi].transpose(0, 1), inp.key[first:first + count])
+            p.req.checked_step = True
+        cap.add_layer(inp.layer, inp.query[first:first + count], keys, inp.scale,
+                      inp.sliding_window)

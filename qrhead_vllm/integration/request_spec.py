@@ -1,0 +1,106 @@
+"""What a scoring request tells the engine, and what comes back: one wire format, every engine.
+
+Spec, one JSON string under the ``"qrhead"`` key of the engine's per-request free-form params
+(vLLM: ``SamplingParams.extra_args``; SGLang: ``SamplingParams.custom_params``, whose msgpack
+IPC only carries scalars, flat lists and flat dicts)::
+
+    {"span_start": 1401, "heads": [[13, 4], [14, 0], ...], "key": "<uuid>"}
+
+``span_start`` is the first token of the query span, which runs to the end of the prompt;
+``heads`` are global (layer, query head); ``key`` names a result the client pulls later (vLLM,
+which may rewrite request ids); it is absent where the result travels with the request's own
+output (SGLang).
+
+Result, one JSON-safe payload per request (and per tensor-parallel rank)::
+
+    {"index": [...], "shape": [h, T], "rows": "<base64 fp32>", "error": null, "capture_s": 0.01}
+
+Rows are the raw fp32 bytes in base64 (exact), so the payload survives msgpack, pickle and
+HTTP JSON alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from qrhead_vllm.core.driver import Tracked
+
+NAMESPACE = "qrhead"   # the key of our spec in the engine's params (and of our results)
+
+
+class MalformedSpec(ValueError):
+    """A ``qrhead`` entry that is not a spec; it becomes that request's error."""
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    span_start: int
+    heads: tuple[tuple[int, int], ...]
+    key: str | None = None
+
+    def as_params(self) -> dict[str, str]:
+        """The entry to put in the engine's per-request params (``extra_args``...)."""
+        raw: dict[str, Any] = {"span_start": self.span_start,
+                               "heads": [list(h) for h in self.heads]}
+        if self.key is not None:
+            raw["key"] = self.key
+        return {NAMESPACE: json.dumps(raw)}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> "RequestSpec | None":
+        """The spec of a scoring request, or None for an ordinary one (the only cost they pay).
+
+        Raises:
+            MalformedSpec: the entry is there but is not a spec.
+        """
+        if not params or NAMESPACE not in params:
+            return None
+        try:
+            raw = json.loads(params[NAMESPACE])
+            key = raw.get("key")
+            return cls(int(raw["span_start"]), tuple((int(l), int(h)) for l, h in raw["heads"]),
+                       None if key is None else str(key))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise MalformedSpec(f"malformed qrhead spec: {type(e).__name__}: {e}") from None
+
+
+def read_spec(params: Mapping[str, Any] | None) -> tuple[RequestSpec | None, str | None]:
+    """``(spec, None)`` of a scoring request, ``(None, error)`` of a malformed one, ``(None,
+    None)`` of an ordinary one: what an adapter admits into the capture driver."""
+    try:
+        return RequestSpec.from_params(params), None
+    except MalformedSpec as e:
+        return None, str(e)
+
+
+def prefix_hit_cap(params: Mapping[str, Any] | None) -> int | None:
+    """The longest prefix-cache hit a request may take: its span start (the span's queries are
+    never cached, so a hit inside it would lose rows); 0 for a malformed spec (the capture
+    reports it); None for an ordinary request."""
+    try:
+        spec = RequestSpec.from_params(params)
+    except MalformedSpec:
+        return 0
+    return None if spec is None else max(0, spec.span_start)
+
+
+def encode_result(tracked: Tracked) -> dict[str, Any]:
+    """A finished request's payload (copies its rows to the host once)."""
+    result = tracked.result()
+    rows = result.rows.detach().to("cpu", torch.float32).contiguous()
+    return {"index": list(result.index), "shape": list(rows.shape),
+            "rows": base64.b64encode(rows.numpy().tobytes()).decode("ascii"),
+            "error": result.error, "capture_s": tracked.seconds}
+
+
+def result_rows(payload: Mapping[str, Any]) -> torch.Tensor:
+    """The ``[len(index), T]`` fp32 rows of a payload (in its ``index`` order)."""
+    data, shape = base64.b64decode(payload["rows"]), payload["shape"]
+    if not data:  # torch.frombuffer refuses empty buffers
+        return torch.zeros(shape)
+    return torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape)
