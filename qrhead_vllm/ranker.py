@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from qrhead_vllm.backends import MassRequest, ScoringBackend
+from qrhead_vllm.engines import ENGINE_NAMES, engine, make_backend  # noqa: F401 (re-exported)
 from qrhead_vllm.core import (Passage, beyond_last_layer, build_scoring_prompts, score_documents,
                               truncate_words)
 from qrhead_vllm.core.prompt import NULL_QUERY
@@ -22,22 +23,7 @@ from qrhead_vllm.models import DEFAULT_MODEL, prompt_template, resolve_model
 from qrhead_vllm.results import Document, DocId, RankedResults, prep_docs, ranked
 from qrhead_vllm.windows import WindowConfig
 
-BACKENDS = ("transformers", "vllm", "sglang")
-
-
-def make_backend(backend: str, model: str, dtype: str, **engine_kwargs) -> ScoringBackend:
-    """Build a scoring backend by name (engine modules are imported only when asked for)."""
-    resolved = resolve_model(model)
-    if backend == "transformers":
-        from qrhead_vllm.backends.transformers_backend import TransformersBackend
-        return TransformersBackend(resolved.path, resolved.model_id, dtype=dtype, **engine_kwargs)
-    if backend == "vllm":
-        from qrhead_vllm.integration.vllm.backend import VLLMBackend
-        return VLLMBackend(resolved.path, resolved.model_id, dtype=dtype, **engine_kwargs)
-    if backend == "sglang":
-        from qrhead_vllm.integration.sglang.backend import SGLangBackend
-        return SGLangBackend(resolved.path, resolved.model_id, dtype=dtype, **engine_kwargs)
-    raise InvalidInputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+BACKENDS = ENGINE_NAMES     # the names ``backend=`` accepts (qrhead_vllm.engines)
 
 
 def score_only_cut(model: str, heads: Any, last_layer: int | None = None) -> int:
@@ -92,10 +78,12 @@ class QRHeadRanker:
                  reverse_order: bool = True, window: WindowConfig | None = WindowConfig(),
                  score_only: bool = False, last_layer: int | None = None, **engine_kwargs):
         if score_only or last_layer is not None:
-            if backend != "vllm":
-                raise InvalidInputError("score_only / last_layer start a score-only vLLM engine: "
-                                        "use them with backend='vllm' (the transformers port "
-                                        "always stops after the deepest selected layer)")
+            cut_engines = [n for n in ENGINE_NAMES if engine(n).score_only]
+            if not isinstance(backend, str) or not engine(backend).score_only:
+                raise InvalidInputError(f"score_only / last_layer start a score-only engine: "
+                                        f"use them with backend= one of {cut_engines} (the "
+                                        "transformers port always stops after the deepest "
+                                        "selected layer)")
             engine_kwargs["last_layer"] = score_only_cut(model, heads, last_layer)
         self.backend = (make_backend(backend, model, dtype, **engine_kwargs)
                         if isinstance(backend, str) else backend)

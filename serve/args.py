@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from qrhead_vllm.engines import DEFAULT_SERVE_ENGINE, ServeEngineName, engine
+
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -52,8 +54,8 @@ class DeploymentOptions(_Config):
 class EngineConfig(_Config):
     """One engine: what model, with which engine arguments, on which resources."""
 
-    engine: Literal["vllm", "sglang"] = Field(
-        "vllm", description="Serving engine. 'sglang' (retriever only; .venv-sglang): an SGLang "
+    engine: ServeEngineName = Field(
+        DEFAULT_SERVE_ENGINE, description="Serving engine. 'sglang' (retriever only; .venv-sglang): an SGLang "
                             "Engine with the QRHead hook answers /v1/rerank and the retrieval "
                             "of /v1/answer; its OpenAI routes are not bridged (they answer 404 "
                             "unless a separate vLLM generator is configured).")
@@ -90,22 +92,16 @@ class EngineConfig(_Config):
     deployment: DeploymentOptions = Field(
         default_factory=DeploymentOptions, description="Ray Serve placement and scaling.")
 
-    def vllm_overrides(self) -> dict[str, Any]:
-        """Engine arguments this config sets explicitly (None means: vLLM's/our default)."""
+    def engine_overrides(self) -> dict[str, Any]:
+        """Engine arguments this config sets explicitly, under the names of its ``engine``
+        (None means: the engine's/our default; the registry maps the names, and drops those
+        an engine has no equivalent for)."""
         named = {"dtype": self.dtype, "max_model_len": self.max_model_len,
                  "tensor_parallel_size": self.tensor_parallel_size,
                  "pipeline_parallel_size": self.pipeline_parallel_size,
                  "gpu_memory_utilization": self.gpu_memory_utilization,
                  "enforce_eager": self.enforce_eager}
-        return {**{k: v for k, v in named.items() if v is not None}, **self.engine_args}
-
-    def sglang_overrides(self) -> dict[str, Any]:
-        """The same settings under SGLang's ServerArgs names (enforce_eager has no equivalent:
-        scoring engines always prefill eagerly)."""
-        named = {"dtype": self.dtype, "context_length": self.max_model_len,
-                 "tp_size": self.tensor_parallel_size, "pp_size": self.pipeline_parallel_size,
-                 "mem_fraction_static": self.gpu_memory_utilization}
-        return {**{k: v for k, v in named.items() if v is not None}, **self.engine_args}
+        return {**engine(self.engine).engine_args(named), **self.engine_args}
 
 
 class RetrieverConfig(EngineConfig):
@@ -151,10 +147,11 @@ class RetrieverConfig(EngineConfig):
         if self.last_layer is not None and not self.score_only:
             raise ValueError("retriever.last_layer is the cut of a score-only engine: set "
                              "retriever.score_only: true with it")
-        if self.score_only and self.engine != "vllm":
-            raise ValueError("retriever.score_only is a vLLM engine feature (the layer cut is "
-                             "built with vLLM's pipeline-stage machinery): use engine: vllm, "
-                             "or score_only: false on SGLang")
+        if self.score_only and not engine(self.engine).score_only:
+            raise ValueError(f"retriever.score_only is not available on engine {self.engine!r} "
+                             f"(the layer cut is built with vLLM's pipeline-stage machinery): "
+                             f"use an engine that cuts ({_engines_with('score_only')}), or "
+                             "score_only: false")
         return self
 
 
@@ -202,9 +199,10 @@ class QRHeadServeConfig(_Config):
 
     @model_validator(mode="after")
     def _check(self) -> "QRHeadServeConfig":
-        if self.generator is not None and self.generator.engine != "vllm":
-            raise ValueError("generator.engine must be 'vllm': the app bridges vLLM's OpenAI "
-                             "server only (SGLang engines serve the retriever role)")
+        if self.generator is not None and not engine(self.generator.engine).generates:
+            raise ValueError(f"generator.engine must be one of {_engines_with('generates')}: "
+                             "the app bridges vLLM's OpenAI server only (SGLang engines serve "
+                             "the retriever role)")
         if self.retriever.score_only and self.generator is None:
             raise ValueError("retriever.score_only needs a separate generator: the retriever's "
                              "engine would also generate, and an engine that generates keeps "
@@ -225,6 +223,11 @@ class QRHeadServeConfig(_Config):
         if "applications" in data:
             data = data["applications"][0].get("args") or {}
         return cls.model_validate(merge(data, overrides))
+
+
+def _engines_with(feature: str) -> list[str]:
+    from qrhead_vllm.engines import SERVE_ENGINES
+    return [n for n in SERVE_ENGINES if getattr(engine(n), feature)]
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ def engine_kwargs_for(cfg: EngineConfig, resolved, retriever: bool,
     """vLLM engine arguments of one engine config (a score-only retriever gets its cut)."""
     from qrhead_vllm.integration.vllm.engine_args import engine_kwargs
 
-    overrides = cfg.vllm_overrides()
+    overrides = cfg.engine_overrides()
     dtype = overrides.pop("dtype", cfg.dtype)
     if retriever and getattr(cfg, "score_only", False):
         from qrhead_vllm.ranker import score_only_cut

@@ -39,7 +39,7 @@ def start_sglang_retriever(cfg: EngineConfig, resolved):
     """An :class:`SGLangBackend` over a hooked engine for one engine config."""
     from qrhead_vllm.integration.sglang.backend import SGLangBackend, start_engine
     os.environ.update(cfg.env)   # before SGLang reads its environment and spawns its scheduler
-    overrides = cfg.sglang_overrides()
+    overrides = cfg.engine_overrides()
     dtype = overrides.pop("dtype", cfg.dtype)
     with signals_off_main_thread():
         engine = start_engine(resolved.path, dtype, kv_cache_sequences=cfg.kv_cache_sequences,

@@ -119,10 +119,10 @@ def test_score_only_cut_is_the_deepest_selected_layer():
     assert score_only_cut("smollm2-135m", None, last_layer=27) == 27
 
 
-def test_score_only_is_for_the_vllm_backend(smollm2_backend):
+def test_score_only_is_for_the_engines_that_cut(smollm2_backend):
     # Refused before any engine or model is loaded: the port already stops early.
     for backend in ("transformers", smollm2_backend):
-        with pytest.raises(InvalidInputError, match="score-only vLLM engine"):
+        with pytest.raises(InvalidInputError, match="score-only engine"):
             QRHeadRanker("smollm2-135m", backend=backend, score_only=True)
 
 

@@ -33,7 +33,7 @@ def test_shipped_configs_load(name):
     assert cfg.shared_engine == (name == "cpu.yaml")
     assert cfg.retriever.score_only == (name == "cpu-score-only.yaml")
     if name == "cluster.yaml":
-        assert cfg.generator.vllm_overrides()["tensor_parallel_size"] == 8
+        assert cfg.generator.engine_overrides()["tensor_parallel_size"] == 8
         assert len(cfg.generator.deployment.placement_group_bundles) == 9
 
 
@@ -64,10 +64,10 @@ def test_sglang_retriever_config():
     # generator role stays on vLLM (the app bridges vLLM's OpenAI server only).
     cfg = load_config({"config": str(CONFIGS / "cpu.yaml"), "retriever.engine": "sglang",
                        "retriever.engine_args": {"chunked_prefill_size": 512}})
-    assert cfg.retriever.sglang_overrides() == {"dtype": "float32", "context_length": 4096,
+    assert cfg.retriever.engine_overrides() == {"dtype": "float32", "context_length": 4096,
                                                 "tp_size": 1, "pp_size": 1,
                                                 "chunked_prefill_size": 512}
-    with pytest.raises(ValidationError, match="generator.engine must be 'vllm'"):
+    with pytest.raises(ValidationError, match=r"generator.engine must be one of \['vllm'\]"):
         QRHeadServeConfig.model_validate({"generator": {"engine": "sglang"}})
 
 
@@ -76,7 +76,7 @@ def test_score_only_retriever_needs_its_own_generator():
         QRHeadServeConfig.model_validate({"retriever": {"score_only": True}})
     with pytest.raises(ValidationError, match="last_layer is the cut of a score-only engine"):
         QRHeadServeConfig.model_validate({"retriever": {"last_layer": 20}, "generator": {}})
-    with pytest.raises(ValidationError, match="score_only is a vLLM engine feature"):
+    with pytest.raises(ValidationError, match="score_only is not available on engine 'sglang'"):
         QRHeadServeConfig.model_validate({"retriever": {"score_only": True, "engine": "sglang"},
                                           "generator": {}})
 

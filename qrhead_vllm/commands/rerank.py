@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qrhead_vllm.engines import DEFAULT_ENGINE, ENGINE_NAMES
 from qrhead_vllm.errors import HeadConfigError, InvalidInputError, QRHeadError
 from qrhead_vllm.models import DEFAULT_MODEL
 
@@ -46,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", default=None,
                         help="head config name or path, or 'all' for every head (ICR); "
                              "default: the model's shipped head config")
-    parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
+    parser.add_argument("--backend", choices=ENGINE_NAMES, default=DEFAULT_ENGINE,
+                        help="scoring engine (qrhead_vllm.engines; sglang needs .venv-sglang)")
     parser.add_argument("--top-k", type=int, default=None, help="show only the best K documents")
     parser.add_argument("--max-words", type=int, default=None,
                         help="truncate each document to this many words")

@@ -19,6 +19,7 @@ from qrhead_vllm import envs
 from qrhead_vllm.core.prompt import NULL_QUERY
 
 from qrhead_vllm.datasets import FORMATS  # noqa: F401  (re-exported)
+from qrhead_vllm.engines import DEFAULT_ENGINE, EngineName
 
 
 class DetectConfig(BaseModel):
@@ -64,8 +65,8 @@ class DetectConfig(BaseModel):
     stability_seed: int = Field(0, description="Seed of the two disjoint halves of the report.")
 
     # --- engine and Ray ---------------------------------------------------------------------
-    backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Scoring backend each actor holds.")
+    backend: EngineName = Field(
+        DEFAULT_ENGINE, description="Scoring backend each actor holds (qrhead_vllm.engines).")
     dtype: str = Field("float32", description="Model dtype (float32, bfloat16, float16).")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra backend arguments (JSON on the CLI).")

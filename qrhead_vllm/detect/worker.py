@@ -24,13 +24,14 @@ class DetectWorker:
     def __init__(self, settings: dict[str, Any]):
         import torch
 
-        from qrhead_vllm.ranker import QRHeadRanker, make_backend
+        from qrhead_vllm.engines import engine, make_backend
+        from qrhead_vllm.ranker import QRHeadRanker
 
         # Ray reserves num_cpus for us but torch would still spawn one thread per core.
         torch.set_num_threads(max(1, int(settings["cpus_per_actor"])))
         kwargs = dict(settings["engine_kwargs"])
-        if settings["backend"] == "transformers" and settings.get("gpus_per_actor"):
-            kwargs.setdefault("device", "cuda")   # Ray gave us a GPU: use it unless told not to
+        if settings.get("gpus_per_actor"):     # Ray gave us a GPU: use it unless told not to
+            kwargs = {**engine(settings["backend"]).gpu_kwargs, **kwargs}
         backend = make_backend(settings["backend"], settings["model"], settings["dtype"], **kwargs)
         self.ranker = QRHeadRanker(
             settings["model"], heads="all", backend=backend, calibrate=settings["calibrate"],
