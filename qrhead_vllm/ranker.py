@@ -26,6 +26,12 @@ from qrhead_vllm.windows import WindowConfig
 BACKENDS = ENGINE_NAMES     # the names ``backend=`` accepts (qrhead_vllm.engines)
 
 
+def score_only_kwargs(model: str, heads: Any, last_layer: int | None = None) -> dict[str, int]:
+    """The engine arguments of a score-only engine for ``heads``: the library picks the cut
+    (:func:`score_only_cut`); Serve and :class:`QRHeadRanker` pass them to the engine."""
+    return {"last_layer": score_only_cut(model, heads, last_layer)}
+
+
 def score_only_cut(model: str, heads: Any, last_layer: int | None = None) -> int:
     """The last layer a score-only engine for ``heads`` must compute: ``last_layer`` when
     given, else the deepest layer holding one of the heads (read before any engine starts)."""
@@ -84,11 +90,11 @@ class QRHeadRanker:
                                         f"use them with backend= one of {cut_engines} (the "
                                         "transformers port always stops after the deepest "
                                         "selected layer)")
-            engine_kwargs["last_layer"] = score_only_cut(model, heads, last_layer)
+            engine_kwargs.update(score_only_kwargs(model, heads, last_layer))
         self.backend = (make_backend(backend, model, dtype, **engine_kwargs)
                         if isinstance(backend, str) else backend)
         self.heads: HeadConfig | None = resolve_heads(heads, model, self.backend.facts)
-        beyond = beyond_last_layer(self.head_pairs, getattr(self.backend, "last_layer", None))
+        beyond = beyond_last_layer(self.head_pairs, self.backend.last_layer)
         if beyond is not None:
             raise HeadConfigError(beyond)
         self.template = prompt_template(self.backend.hf_config, self.backend.tokenizer,
@@ -146,7 +152,7 @@ class QRHeadRanker:
 
     async def rank_async(self, query: str, docs: Any, doc_ids: Sequence[DocId] | None = None,
                          per_head: bool = False) -> RankedResults:
-        """Async :meth:`rank`: uses the backend's async path when it has one. Tokenising and
+        """Async :meth:`rank`, on the backend's async path. Tokenising and
         prompt building run in a worker thread, off the caller's event loop (a server keeps
         answering other requests while a long candidate list is tokenised)."""
         prepared = await asyncio.to_thread(self._prepare_or_window, query, docs, doc_ids)
@@ -166,10 +172,7 @@ class QRHeadRanker:
 
     async def attention_mass_async(self, requests: Sequence[MassRequest]) -> list:
         """The backend's mass rows without blocking the event loop (concurrent on vLLM)."""
-        if hasattr(self.backend, "attention_mass_async"):
-            return list(await asyncio.gather(*(self.backend.attention_mass_async(r)
-                                               for r in requests)))
-        return await asyncio.to_thread(self.backend.attention_mass, list(requests))
+        return await self.backend.attention_mass_async(list(requests))
 
     def with_window(self, window: WindowConfig | None) -> "QRHeadRanker":
         """This ranker (same backend, heads and prompt) with another window setting."""

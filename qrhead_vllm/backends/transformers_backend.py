@@ -21,7 +21,7 @@ from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from qrhead_vllm.backends import MassRequest, MassResult
+from qrhead_vllm.backends import InThread, MassRequest, MassResult
 from qrhead_vllm.core import SpanCapture, layer_heads
 from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.heads import ModelFacts
@@ -66,8 +66,12 @@ AttentionInterface.register(ATTN_IMPL, _qrhead_attention)
 AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)
 
 
-class TransformersBackend:
-    """QRHead scoring on a transformers causal LM (CPU or GPU), one prompt at a time."""
+class TransformersBackend(InThread):
+    """QRHead scoring on a transformers causal LM (CPU or GPU), one prompt at a time. The whole
+    model is loaded (``last_layer`` None); each forward stops after the deepest selected layer
+    when ``early_exit``."""
+
+    last_layer = None
 
     def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
                  device: str = "cpu", early_exit: bool = True):
@@ -85,6 +89,10 @@ class TransformersBackend:
 
     def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
         return [self._one(r) for r in requests]
+
+    def stats(self) -> dict[str, int]:
+        """Nothing outlives a call here: captures live in the forward's context."""
+        return {"active": 0}
 
     def close(self) -> None:
         self.model = None

@@ -43,11 +43,9 @@ class DetectWorker:
     def info(self) -> dict[str, Any]:
         """Model facts and engine version, for the HeadConfig's provenance."""
         backend = self.ranker.backend
-        version = getattr(backend, "engine_version", None)
-        if version is None:
-            version = _module_version(self.backend_name)
         return {"facts": backend.facts.model_dump(), "engine": self.backend_name,
-                "engine_version": version, "prompt_family": self.ranker.template.family}
+                "engine_version": backend.engine_version,
+                "prompt_family": self.ranker.template.family}
 
     def score(self, items: Sequence[tuple[str, Example]]) -> list[dict[str, Any]]:
         """Score ``(checkpoint key, example)`` pairs in one backend call → one record each."""
@@ -72,9 +70,3 @@ class DetectWorker:
     def close(self) -> None:
         self.ranker.close()
 
-
-def _module_version(backend: str) -> str | None:
-    try:
-        return __import__(backend).__version__
-    except Exception:  # the engine reported nothing and is not importable here: say so
-        return None
