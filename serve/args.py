@@ -135,6 +135,11 @@ class RetrieverConfig(EngineConfig):
                                 "of `heads`); set it to let requests name other head sets up to "
                                 "that layer.")
 
+    @property
+    def head_spec(self) -> str | list[tuple[int, int]] | None:
+        """``heads`` as QRHeadRanker takes it (None: the model's shipped default)."""
+        return None if self.heads == "default" else self.heads
+
     @model_validator(mode="after")
     def _scorable(self) -> "RetrieverConfig":
         # Refused here, when the config is read, and again by the engine at start-up.

@@ -4,6 +4,7 @@ against a fake upstream, and the ASGI bridge to vLLM's app."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 
-from qrhead_vllm.errors import ContextOverflowError
+from qrhead_vllm.errors import ContextOverflowError, HeadConfigError
 from qrhead_vllm.serve.answer import split_context
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.builder import load_config
@@ -88,7 +89,7 @@ def test_score_only_retriever_needs_its_own_generator():
 ])
 def test_score_only_retriever_engine_gets_its_cut(retriever, last_layer):
     from qrhead_vllm.models import resolve_model
-    from qrhead_vllm.serve.engine import engine_kwargs_for
+    from qrhead_vllm.serve.vllm_server import engine_kwargs_for
     cfg = load_config({"config": str(CONFIGS / "cpu-score-only.yaml"),
                        **{f"retriever.{k}": v for k, v in retriever.items()}})
     resolved = resolve_model(cfg.retriever.model)
@@ -142,10 +143,12 @@ class FakeUpstream:
     def __init__(self):
         self.calls = []
 
-    async def call(self, method, *args, **kwargs):
-        self.calls.append((method, args))
-        if method == "rerank":
-            return {"id": "r", "model": "m", "results": [], "usage": {}}
+    async def rerank(self, req):
+        self.calls.append(("rerank", (req,)))
+        return {"id": "r", "model": "m", "results": [], "usage": {}}
+
+    async def retrieve(self, *args):
+        self.calls.append(("retrieve", args))
         return {"passages": [{"rank": 1, "text": "P", "index": 0}], "retrieval": {}}
 
     async def open(self, method, path, query, headers, body):
@@ -234,7 +237,7 @@ async def _call_asgi_streams_and_cancels():
 
 
 def test_rerank_throughput_workload_is_distinct_per_request():
-    from bench.rerank_throughput import workload
+    from bench.serve.rerank_throughput import workload
     from tests.conftest import HOTPOTQA_EVAL
     reqs = workload(12, 10, HOTPOTQA_EVAL)                # more requests than records: wraps
     assert len(reqs) == 12 and all(len(r["documents"]) == 10 for r in reqs)
@@ -251,3 +254,20 @@ def test_retriever_prompt_order_comes_from_the_config(smollm2_backend, fields, r
     retriever = Retriever(cfg, smollm2_backend, ["smollm2"])
     assert retriever.default.reverse_order is reverse
     assert retriever.ranker("all", None).reverse_order is reverse
+
+
+@pytest.mark.parametrize("exc,status,text", [
+    (HeadConfigError("heads beyond layer 23"), 400, "beyond layer 23"),
+    (ContextOverflowError("too long"), 400, "too long"),
+    (APIError(404, "no retriever role"), 404, "no retriever role"),
+    (RuntimeError("engine core died"), 500, "engine core died"),
+])
+def test_what_a_server_raises_reaches_http_as_its_status(exc, status, text):
+    # Servers raise across the Ray hop (the exception is pickled); the ingress maps it once.
+    from qrhead_vllm.serve.ingress import Upstream
+
+    async def remote(*_):
+        raise pickle.loads(pickle.dumps(exc))
+    with pytest.raises(APIError) as err:
+        asyncio.run(Upstream.call(remote))
+    assert err.value.status == status and text in err.value.message
