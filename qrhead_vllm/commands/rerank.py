@@ -110,11 +110,12 @@ def _inputs(query: str | None, docs_file: str | None) -> tuple[str, list]:
 
 def shipped_example() -> tuple[str, list]:
     """First evaluation example of the shared HotpotQA set, or the built-in one."""
-    from qrhead_vllm.datasets import HOTPOTQA, load_hotpotqa, split_examples
+    from qrhead_vllm.datasets import load_hotpotqa, shared_path, split_examples
 
-    if not HOTPOTQA.exists():
+    path = shared_path("hotpotqa")
+    if not path.exists():
         return BUILTIN_QUERY, list(BUILTIN_DOCS)
-    example = split_examples(load_hotpotqa())[1][0]
+    example = split_examples(load_hotpotqa(path))[1][0]
     return example.query, list(example.documents)
 
 

@@ -38,7 +38,7 @@ class DetectConfig(BaseModel):
     candidates: str | None = Field(
         None, description="BEIR only: candidate list file (default <data>/candidates.tsv).")
     split: Literal["all", "detect", "eval"] = Field(
-        "all", description="'detect'/'eval': the half of qrhead_vllm.data.split_examples to use "
+        "all", description="'detect'/'eval': the half of qrhead_vllm.datasets.split_examples to use "
                            "(never detect on the examples you report quality on).")
     limit: int | None = Field(None, gt=0, description="Use only the first N examples (of each file).")
 
