@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from qrhead_vllm.backends import MassRequest, ScoringBackend
-from qrhead_vllm.engines import ENGINE_NAMES, engine, make_backend  # noqa: F401 (re-exported)
+# make_backend is re-exported: callers and tests reach it as qrhead_vllm.ranker.make_backend.
+from qrhead_vllm.engines import DEFAULT_ENGINE, ENGINE_NAMES, engine, make_backend
 from qrhead_vllm.core import (Passage, beyond_last_layer, build_scoring_prompts, score_documents,
                               truncate_words)
 from qrhead_vllm.core.prompt import NULL_QUERY
@@ -78,7 +79,7 @@ class QRHeadRanker:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, heads: Any = None,
-                 backend: str | ScoringBackend = "transformers", *, dtype: str = "float32",
+                 backend: str | ScoringBackend = DEFAULT_ENGINE, *, dtype: str = "float32",
                  calibrate: bool = True, prompt_family: str | None = None,
                  max_words: int | None = None, null_query: str = NULL_QUERY,
                  reverse_order: bool = True, window: WindowConfig | None = WindowConfig(),

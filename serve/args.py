@@ -14,12 +14,13 @@ otherwise the generator is a separate deployment with its own resources (e.g. 70
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qrhead_vllm.engines import DEFAULT_SERVE_ENGINE, ServeEngineName, engine
+from qrhead_vllm.engines import (DEFAULT_SERVE_ENGINE, SERVE_ENGINES, EngineSpec,
+                                 ServeEngineName, engine)
 
 
 class _Config(BaseModel):
@@ -55,10 +56,11 @@ class EngineConfig(_Config):
     """One engine: what model, with which engine arguments, on which resources."""
 
     engine: ServeEngineName = Field(
-        DEFAULT_SERVE_ENGINE, description="Serving engine. 'sglang' (retriever only; .venv-sglang): an SGLang "
-                            "Engine with the QRHead hook answers /v1/rerank and the retrieval "
-                            "of /v1/answer; its OpenAI routes are not bridged (they answer 404 "
-                            "unless a separate vLLM generator is configured).")
+        DEFAULT_SERVE_ENGINE,
+        description="Serving engine (qrhead_vllm.engines). 'sglang' (retriever only; "
+                    ".venv-sglang): an SGLang Engine with the QRHead hook answers /v1/rerank "
+                    "and the retrieval of /v1/answer; its OpenAI routes are not bridged (they "
+                    "answer 404 unless a separate vLLM generator is configured).")
     model: str = Field("smollm2-135m", description="Bundled model name (smollm2-135m, "
                                                    "gemma3-270m), local HF directory or hub id.")
     served_model_name: list[str] | None = Field(
@@ -153,10 +155,10 @@ class RetrieverConfig(EngineConfig):
             raise ValueError("retriever.last_layer is the cut of a score-only engine: set "
                              "retriever.score_only: true with it")
         if self.score_only and not engine(self.engine).score_only:
+            cutting = _engines_with(lambda e: e.score_only)
             raise ValueError(f"retriever.score_only is not available on engine {self.engine!r} "
                              f"(the layer cut is built with vLLM's pipeline-stage machinery): "
-                             f"use an engine that cuts ({_engines_with('score_only')}), or "
-                             "score_only: false")
+                             f"use an engine that cuts ({cutting}), or score_only: false")
         return self
 
 
@@ -205,9 +207,10 @@ class QRHeadServeConfig(_Config):
     @model_validator(mode="after")
     def _check(self) -> "QRHeadServeConfig":
         if self.generator is not None and not engine(self.generator.engine).generates:
-            raise ValueError(f"generator.engine must be one of {_engines_with('generates')}: "
-                             "the app bridges vLLM's OpenAI server only (SGLang engines serve "
-                             "the retriever role)")
+            generating = _engines_with(lambda e: e.generates)
+            raise ValueError(f"generator.engine must be one of {generating}: the app bridges "
+                             "vLLM's OpenAI server only (SGLang engines serve the retriever "
+                             "role)")
         if self.retriever.score_only and self.generator is None:
             raise ValueError("retriever.score_only needs a separate generator: the retriever's "
                              "engine would also generate, and an engine that generates keeps "
@@ -230,9 +233,9 @@ class QRHeadServeConfig(_Config):
         return cls.model_validate(merge(data, overrides))
 
 
-def _engines_with(feature: str) -> list[str]:
-    from qrhead_vllm.engines import SERVE_ENGINES
-    return [n for n in SERVE_ENGINES if getattr(engine(n), feature)]
+def _engines_with(feature: Callable[[EngineSpec], bool]) -> list[str]:
+    """The Serve engines that have ``feature`` (named in error messages)."""
+    return [n for n in SERVE_ENGINES if feature(engine(n))]
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

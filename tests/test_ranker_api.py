@@ -11,6 +11,7 @@ import pytest
 
 from qrhead_vllm import ContextOverflowError, Document, HeadConfigError, InvalidInputError
 from qrhead_vllm.ranker import QRHeadRanker
+from tests.shared_backend import SharedBackend
 
 HEADS = [(3, 4), (6, 2), (9, 8)]
 QUERY = "Which city is the capital of France?"
@@ -128,25 +129,12 @@ def test_score_only_is_for_the_engines_that_cut(smollm2_backend):
 
 # --- `qrhead rerank` (a thin layer over the API; it reuses the session's SmolLM2) ----------
 
-class _SharedBackend:
-    """The session backend behind a no-op close(): the command closes its ranker when done."""
-
-    def __init__(self, backend):
-        self._backend = backend
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def close(self):
-        pass
-
-
 @pytest.fixture
 def rerank(smollm2_backend, monkeypatch, capsys):
     """Run ``qrhead rerank ARGS`` in-process → (exit code, stdout, stderr)."""
     from qrhead_vllm import cli, ranker
 
-    monkeypatch.setattr(ranker, "make_backend", lambda *a, **k: _SharedBackend(smollm2_backend))
+    monkeypatch.setattr(ranker, "make_backend", lambda *a, **k: SharedBackend(smollm2_backend))
 
     def run(*args):
         code = cli.main(["rerank", *args])

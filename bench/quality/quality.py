@@ -30,7 +30,7 @@ from qrhead_vllm.windows import WindowConfig                               # noq
 
 METHODS = ("qrhead", "icr", "random", "dense", "bm25", "original", "fusion")
 BEIR_METHODS = ("qrhead", "original")
-APPENDIX = (Path(__file__).resolve().parent / "quality_notes.md")
+APPENDIX = (Path(__file__).resolve().parent / "notes.md")
 
 
 def parse_args(argv):

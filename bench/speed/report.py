@@ -12,7 +12,7 @@ from bench.speed.tables import (bf16_table, engine_memory_table, memory_table, t
                                 timing_table)
 from bench.speed.timing import Timings
 
-NOTES = Path(__file__).resolve().parent / "speed_notes.md"
+NOTES = Path(__file__).resolve().parent / "notes.md"
 MIB = 2 ** 20
 GPU_COMMAND = "python bench/speed/gpu_capture.py"
 COLORS = {"early": "C0", "plain": "C1", "transformers": "C2", "reference": "C3"}   # same line, same colour

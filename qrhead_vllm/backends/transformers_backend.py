@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import transformers
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -85,7 +86,7 @@ class TransformersBackend(InThread):
         self.facts = ModelFacts.from_hf_config(self.hf_config, model_id or model_path)
         cfg = getattr(self.model.config, "text_config", None) or self.model.config
         self.max_model_len = cfg.max_position_embeddings
-        self.engine_version = __import__("transformers").__version__
+        self.engine_version = transformers.__version__
 
     def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
         return [self._one(r) for r in requests]
