@@ -60,6 +60,8 @@ def start_engine(model_path: str, dtype: str = "float32", qrhead: bool = True, *
 class SGLangBackend:
     """Scoring backend on an SGLang engine (started here, or passed in already running)."""
 
+    last_layer = None       # SGLang engines run the whole model (no score-only cut)
+
     def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
                  engine=None, **overrides: Any):
         from transformers import AutoConfig, AutoTokenizer
