@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from bench.metrics import METRICS
+from bench.quality.metrics import METRICS
 
 NAMES = {"ndcg@10": "nDCG@10", "mrr@10": "MRR@10", "recall@2": "Recall@2", "recall@5": "Recall@5",
          "mrr@10-l2": "MRR@10 (rel>=2)", "recall@20-l2": "R@20 (rel>=2)"}
@@ -80,7 +80,7 @@ def markdown(title: str, facts: dict[str, str], rows: Sequence[Row], notes: Sequ
              png_name: str | None, appendix: str) -> str:
     """The whole report: provenance list, table (percent), notes, per-draw table, chart."""
     out = [f"# {title}", "",
-           "_Written by `bench/quality.py`; rerun the command below rather than editing it._", ""]
+           "_Written by `bench/quality/quality.py`; rerun the command below rather than editing it._", ""]
     out += [f"- **{k}**: {v}" for k, v in facts.items()]
     out += ["", "All metrics in percent (ranx; nDCG graded as trec_eval).", "", table(rows)]
     if notes:

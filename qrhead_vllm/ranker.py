@@ -12,6 +12,8 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from qrhead_vllm.backends import MassRequest, ScoringBackend
+# make_backend is re-exported: callers and tests reach it as qrhead_vllm.ranker.make_backend.
+from qrhead_vllm.engines import DEFAULT_ENGINE, ENGINE_NAMES, engine, make_backend
 from qrhead_vllm.core import (Passage, beyond_last_layer, build_scoring_prompts, score_documents,
                               truncate_words)
 from qrhead_vllm.core.prompt import NULL_QUERY
@@ -22,22 +24,13 @@ from qrhead_vllm.models import DEFAULT_MODEL, prompt_template, resolve_model
 from qrhead_vllm.results import Document, DocId, RankedResults, prep_docs, ranked
 from qrhead_vllm.windows import WindowConfig
 
-BACKENDS = ("transformers", "vllm", "sglang")
+BACKENDS = ENGINE_NAMES     # the names ``backend=`` accepts (qrhead_vllm.engines)
 
 
-def make_backend(backend: str, model: str, dtype: str, **engine_kwargs) -> ScoringBackend:
-    """Build a scoring backend by name (engine modules are imported only when asked for)."""
-    resolved = resolve_model(model)
-    if backend == "transformers":
-        from qrhead_vllm.backends.transformers_backend import TransformersBackend
-        return TransformersBackend(resolved.path, resolved.model_id, dtype=dtype, **engine_kwargs)
-    if backend == "vllm":
-        from qrhead_vllm.integration.vllm.backend import VLLMBackend
-        return VLLMBackend(resolved.path, resolved.model_id, dtype=dtype, **engine_kwargs)
-    if backend == "sglang":
-        from qrhead_vllm.integration.sglang.backend import SGLangBackend
-        return SGLangBackend(resolved.path, resolved.model_id, dtype=dtype, **engine_kwargs)
-    raise InvalidInputError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+def score_only_kwargs(model: str, heads: Any, last_layer: int | None = None) -> dict[str, int]:
+    """The engine arguments of a score-only engine for ``heads``: the library picks the cut
+    (:func:`score_only_cut`); Serve and :class:`QRHeadRanker` pass them to the engine."""
+    return {"last_layer": score_only_cut(model, heads, last_layer)}
 
 
 def score_only_cut(model: str, heads: Any, last_layer: int | None = None) -> int:
@@ -86,21 +79,23 @@ class QRHeadRanker:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, heads: Any = None,
-                 backend: str | ScoringBackend = "transformers", *, dtype: str = "float32",
+                 backend: str | ScoringBackend = DEFAULT_ENGINE, *, dtype: str = "float32",
                  calibrate: bool = True, prompt_family: str | None = None,
                  max_words: int | None = None, null_query: str = NULL_QUERY,
                  reverse_order: bool = True, window: WindowConfig | None = WindowConfig(),
                  score_only: bool = False, last_layer: int | None = None, **engine_kwargs):
         if score_only or last_layer is not None:
-            if backend != "vllm":
-                raise InvalidInputError("score_only / last_layer start a score-only vLLM engine: "
-                                        "use them with backend='vllm' (the transformers port "
-                                        "always stops after the deepest selected layer)")
-            engine_kwargs["last_layer"] = score_only_cut(model, heads, last_layer)
+            cut_engines = [n for n in ENGINE_NAMES if engine(n).score_only]
+            if not isinstance(backend, str) or not engine(backend).score_only:
+                raise InvalidInputError(f"score_only / last_layer start a score-only engine: "
+                                        f"use them with backend= one of {cut_engines} (the "
+                                        "transformers port always stops after the deepest "
+                                        "selected layer)")
+            engine_kwargs.update(score_only_kwargs(model, heads, last_layer))
         self.backend = (make_backend(backend, model, dtype, **engine_kwargs)
                         if isinstance(backend, str) else backend)
         self.heads: HeadConfig | None = resolve_heads(heads, model, self.backend.facts)
-        beyond = beyond_last_layer(self.head_pairs, getattr(self.backend, "last_layer", None))
+        beyond = beyond_last_layer(self.head_pairs, self.backend.last_layer)
         if beyond is not None:
             raise HeadConfigError(beyond)
         self.template = prompt_template(self.backend.hf_config, self.backend.tokenizer,
@@ -158,7 +153,7 @@ class QRHeadRanker:
 
     async def rank_async(self, query: str, docs: Any, doc_ids: Sequence[DocId] | None = None,
                          per_head: bool = False) -> RankedResults:
-        """Async :meth:`rank`: uses the backend's async path when it has one. Tokenising and
+        """Async :meth:`rank`, on the backend's async path. Tokenising and
         prompt building run in a worker thread, off the caller's event loop (a server keeps
         answering other requests while a long candidate list is tokenised)."""
         prepared = await asyncio.to_thread(self._prepare_or_window, query, docs, doc_ids)
@@ -178,10 +173,7 @@ class QRHeadRanker:
 
     async def attention_mass_async(self, requests: Sequence[MassRequest]) -> list:
         """The backend's mass rows without blocking the event loop (concurrent on vLLM)."""
-        if hasattr(self.backend, "attention_mass_async"):
-            return list(await asyncio.gather(*(self.backend.attention_mass_async(r)
-                                               for r in requests)))
-        return await asyncio.to_thread(self.backend.attention_mass, list(requests))
+        return await self.backend.attention_mass_async(list(requests))
 
     def with_window(self, window: WindowConfig | None) -> "QRHeadRanker":
         """This ranker (same backend, heads and prompt) with another window setting."""

@@ -5,9 +5,10 @@ retrieval-augmented /v1/answer, on one cluster.
     serve deploy configs/serve/cluster.yaml
 
 Modules: ``args`` (typed config), ``builder`` (``build_qrhead_app``), ``ingress`` (HTTP routes),
-``engine`` (the deployment owning a vLLM engine), ``generator`` (vLLM's OpenAI app over a Ray
-handle), ``retriever`` + ``windows`` (QRHead scoring), ``rerank`` / ``answer`` (wire formats),
-``errors`` (one error shape), ``launch`` (local start/stop). See docs/serving.md.
+``server`` (what every engine server shares: the retriever role), ``vllm_server`` /
+``sglang_server`` (one server per engine, named by qrhead_vllm.engines), ``generator``
+(vLLM's OpenAI app over a Ray handle), ``retriever`` + ``windows`` (QRHead scoring),
+``rerank`` / ``answer`` (wire formats), ``errors`` (one error shape), ``launch`` (local start/stop). See docs/serving.md.
 """
 
 from __future__ import annotations

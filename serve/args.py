@@ -14,10 +14,13 @@ otherwise the generator is a separate deployment with its own resources (e.g. 70
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from qrhead_vllm.engines import (DEFAULT_SERVE_ENGINE, SERVE_ENGINES, EngineSpec,
+                                 ServeEngineName, engine)
 
 
 class _Config(BaseModel):
@@ -52,11 +55,12 @@ class DeploymentOptions(_Config):
 class EngineConfig(_Config):
     """One engine: what model, with which engine arguments, on which resources."""
 
-    engine: Literal["vllm", "sglang"] = Field(
-        "vllm", description="Serving engine. 'sglang' (retriever only; .venv-sglang): an SGLang "
-                            "Engine with the QRHead hook answers /v1/rerank and the retrieval "
-                            "of /v1/answer; its OpenAI routes are not bridged (they answer 404 "
-                            "unless a separate vLLM generator is configured).")
+    engine: ServeEngineName = Field(
+        DEFAULT_SERVE_ENGINE,
+        description="Serving engine (qrhead_vllm.engines). 'sglang' (retriever only; "
+                    ".venv-sglang): an SGLang Engine with the QRHead hook answers /v1/rerank "
+                    "and the retrieval of /v1/answer; its OpenAI routes are not bridged (they "
+                    "answer 404 unless a separate vLLM generator is configured).")
     model: str = Field("smollm2-135m", description="Bundled model name (smollm2-135m, "
                                                    "gemma3-270m), local HF directory or hub id.")
     served_model_name: list[str] | None = Field(
@@ -90,22 +94,16 @@ class EngineConfig(_Config):
     deployment: DeploymentOptions = Field(
         default_factory=DeploymentOptions, description="Ray Serve placement and scaling.")
 
-    def vllm_overrides(self) -> dict[str, Any]:
-        """Engine arguments this config sets explicitly (None means: vLLM's/our default)."""
+    def engine_overrides(self) -> dict[str, Any]:
+        """Engine arguments this config sets explicitly, under the names of its ``engine``
+        (None means: the engine's/our default; the registry maps the names, and drops those
+        an engine has no equivalent for)."""
         named = {"dtype": self.dtype, "max_model_len": self.max_model_len,
                  "tensor_parallel_size": self.tensor_parallel_size,
                  "pipeline_parallel_size": self.pipeline_parallel_size,
                  "gpu_memory_utilization": self.gpu_memory_utilization,
                  "enforce_eager": self.enforce_eager}
-        return {**{k: v for k, v in named.items() if v is not None}, **self.engine_args}
-
-    def sglang_overrides(self) -> dict[str, Any]:
-        """The same settings under SGLang's ServerArgs names (enforce_eager has no equivalent:
-        scoring engines always prefill eagerly)."""
-        named = {"dtype": self.dtype, "context_length": self.max_model_len,
-                 "tp_size": self.tensor_parallel_size, "pp_size": self.pipeline_parallel_size,
-                 "mem_fraction_static": self.gpu_memory_utilization}
-        return {**{k: v for k, v in named.items() if v is not None}, **self.engine_args}
+        return {**engine(self.engine).engine_args(named), **self.engine_args}
 
 
 class RetrieverConfig(EngineConfig):
@@ -139,6 +137,11 @@ class RetrieverConfig(EngineConfig):
                                 "of `heads`); set it to let requests name other head sets up to "
                                 "that layer.")
 
+    @property
+    def head_spec(self) -> str | list[tuple[int, int]] | None:
+        """``heads`` as QRHeadRanker takes it (None: the model's shipped default)."""
+        return None if self.heads == "default" else self.heads
+
     @model_validator(mode="after")
     def _scorable(self) -> "RetrieverConfig":
         # Refused here, when the config is read, and again by the engine at start-up.
@@ -151,10 +154,11 @@ class RetrieverConfig(EngineConfig):
         if self.last_layer is not None and not self.score_only:
             raise ValueError("retriever.last_layer is the cut of a score-only engine: set "
                              "retriever.score_only: true with it")
-        if self.score_only and self.engine != "vllm":
-            raise ValueError("retriever.score_only is a vLLM engine feature (the layer cut is "
-                             "built with vLLM's pipeline-stage machinery): use engine: vllm, "
-                             "or score_only: false on SGLang")
+        if self.score_only and not engine(self.engine).score_only:
+            cutting = _engines_with(lambda e: e.score_only)
+            raise ValueError(f"retriever.score_only is not available on engine {self.engine!r} "
+                             f"(the layer cut is built with vLLM's pipeline-stage machinery): "
+                             f"use an engine that cuts ({cutting}), or score_only: false")
         return self
 
 
@@ -202,9 +206,11 @@ class QRHeadServeConfig(_Config):
 
     @model_validator(mode="after")
     def _check(self) -> "QRHeadServeConfig":
-        if self.generator is not None and self.generator.engine != "vllm":
-            raise ValueError("generator.engine must be 'vllm': the app bridges vLLM's OpenAI "
-                             "server only (SGLang engines serve the retriever role)")
+        if self.generator is not None and not engine(self.generator.engine).generates:
+            generating = _engines_with(lambda e: e.generates)
+            raise ValueError(f"generator.engine must be one of {generating}: the app bridges "
+                             "vLLM's OpenAI server only (SGLang engines serve the retriever "
+                             "role)")
         if self.retriever.score_only and self.generator is None:
             raise ValueError("retriever.score_only needs a separate generator: the retriever's "
                              "engine would also generate, and an engine that generates keeps "
@@ -225,6 +231,11 @@ class QRHeadServeConfig(_Config):
         if "applications" in data:
             data = data["applications"][0].get("args") or {}
         return cls.model_validate(merge(data, overrides))
+
+
+def _engines_with(feature: Callable[[EngineSpec], bool]) -> list[str]:
+    """The Serve engines that have ``feature`` (named in error messages)."""
+    return [n for n in SERVE_ENGINES if feature(engine(n))]
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

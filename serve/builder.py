@@ -6,7 +6,8 @@ Usable three ways::
     serve run qrhead_vllm.serve.builder:build_qrhead_app config=configs/serve/cpu.yaml retriever.dtype=bfloat16
     serve.run(build_qrhead_app(QRHeadServeConfig(...)))   # from Python
 
-Topology: an ingress deployment (no engine, no CPU reserved) in front of one engine deployment
+Topology: an ingress deployment (no engine, no CPU reserved) in front of one engine server
+(the class the engine registry names for ``engine``: serve/vllm_server.py, serve/sglang_server.py)
 playing both roles (``generator: null``, the CPU default), or of two engine deployments, a
 retriever and a generator, each with its own resources (the cluster example).
 """
@@ -18,8 +19,8 @@ from typing import Any
 from ray import serve
 
 from qrhead_vllm import configs
-from qrhead_vllm.serve.args import QRHeadServeConfig, merge
-from qrhead_vllm.serve.engine import QRHeadEngineDeployment
+from qrhead_vllm.engines import engine
+from qrhead_vllm.serve.args import EngineConfig, QRHeadServeConfig, merge
 from qrhead_vllm.serve.ingress import QRHeadIngress
 
 DEFAULT_CONFIG = configs.path("serve", "cpu.yaml")
@@ -39,19 +40,22 @@ def load_config(args: QRHeadServeConfig | dict[str, Any] | None = None) -> QRHea
     return QRHeadServeConfig.model_validate(merge({}, args))
 
 
+def engine_deployment(cfg: EngineConfig, name: str, roles: tuple[str, ...]
+                      ) -> serve.Application:
+    """The server class of ``cfg.engine`` (the engine registry) as a bound deployment."""
+    server = serve.deployment(engine(cfg.engine).server_class(), name=name)
+    return server.options(**cfg.deployment.serve_options()).bind(cfg, roles)
+
+
 def build_qrhead_app(args: QRHeadServeConfig | dict[str, Any] | None = None
                      ) -> serve.Application:
     """The Serve application for a config (see module docstring)."""
     cfg = load_config(args)
-    r = cfg.retriever
     if cfg.shared_engine:
-        engine = QRHeadEngineDeployment.options(name="engine", **r.deployment.serve_options())
-        retriever = generator = engine.bind(r, ("generator", "retriever"))
+        retriever = generator = engine_deployment(cfg.retriever, "engine",
+                                                  ("generator", "retriever"))
     else:
-        g = cfg.generator
-        retriever = QRHeadEngineDeployment.options(
-            name="retriever", **r.deployment.serve_options()).bind(r, ("retriever",))
-        generator = QRHeadEngineDeployment.options(
-            name="generator", **g.deployment.serve_options()).bind(g, ("generator",))
+        retriever = engine_deployment(cfg.retriever, "retriever", ("retriever",))
+        generator = engine_deployment(cfg.generator, "generator", ("generator",))
     ingress = QRHeadIngress.options(**cfg.http.ingress.serve_options())
     return ingress.bind(generator, retriever, cfg)

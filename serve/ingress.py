@@ -26,10 +26,10 @@ from ray import serve
 from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body,
                                      parse_answer, passages_event, request_passages)
 from qrhead_vllm.serve.args import QRHeadServeConfig
-from qrhead_vllm.serve.errors import (APIError, BodySizeLimit, check_json_depth,
-                                     install_handlers, parse_json_body, to_api_error)
+from qrhead_vllm.serve.errors import (BodySizeLimit, check_json_depth, install_handlers,
+                                     parse_json_body, to_api_error)
 from qrhead_vllm.serve.metrics import CONTENT_TYPE, cluster_metrics
-from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, parse_rerank
+from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, RerankRequest, parse_rerank
 
 RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
 PROXY_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
@@ -37,19 +37,29 @@ SKIP_REQUEST_HEADERS = {"host", "content-length", "transfer-encoding", "connecti
 
 
 class Upstream:
-    """Calls into the engine deployments; every failure becomes an APIError."""
+    """Typed calls into the engine servers (serve/server.py); every failure becomes an APIError
+    in :meth:`call`, the one place that maps them."""
 
     def __init__(self, generator, retriever):
         self.generator, self.retriever = generator, retriever
 
-    async def call(self, method: str, *args, **kwargs) -> Any:
+    async def rerank(self, req: RerankRequest) -> dict[str, Any]:
+        return await self.call(self.retriever.rerank.remote, req)
+
+    async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
+                       rescore_candidates: int, heads: str | None,
+                       calibrate: bool | None) -> dict[str, Any]:
+        return await self.call(self.retriever.retrieve.remote, question, passages, top_k,
+                               rescore_candidates, heads, calibrate)
+
+    @staticmethod
+    async def call(remote, *args) -> Any:
+        """Await one handle call; what it raises (a client mistake, or a failure behind the
+        handle, wrapped by Ray) leaves as the APIError :func:`to_api_error` maps it to."""
         try:
-            result = await getattr(self.retriever, method).remote(*args, **kwargs)
+            return await remote(*args)
         except Exception as e:
             raise to_api_error(e) from None
-        if isinstance(result, APIError):  # a client mistake, returned rather than raised
-            raise result
-        return result
 
     async def open(self, method: str, path: str, query: str, headers: list[tuple[str, str]],
                    body: bytes) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
@@ -97,7 +107,7 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
 
     async def rerank(request: Request) -> JSONResponse:
         req = parse_rerank(parse_json_body(await request.body(), RERANK_EXAMPLE))
-        return JSONResponse(await upstream.call("rerank", req))
+        return JSONResponse(await upstream.rerank(req))
 
     for path in RERANK_PATHS:
         app.add_api_route(path, rerank, methods=["POST"])
@@ -107,8 +117,8 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
         req = parse_answer(parse_json_body(await request.body(), ANSWER_EXAMPLE))
         passages = request_passages(req, cfg.rag)
         opts = req.qrhead
-        retrieved = await upstream.call(
-            "retrieve", req.question, passages, req.top_k or cfg.rag.top_k,
+        retrieved = await upstream.retrieve(
+            req.question, passages, req.top_k or cfg.rag.top_k,
             cfg.rag.rescore_candidates, opts.heads if opts else None,
             opts.calibrate if opts else None)
         body = json.dumps(chat_body(req, cfg.rag, retrieved["passages"])).encode()

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 
 from qrhead_vllm.serve.args import QRHeadServeConfig
 
 logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (tests and benches run beside other apps)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def app_url(cfg: QRHeadServeConfig) -> str:

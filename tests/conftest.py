@@ -52,14 +52,14 @@ def gemma3_backend():
 @pytest.fixture(scope="session")
 def hotpotqa_split():
     """(detection, evaluation) records of the vendored HotpotQA sample (6 + 10), taken from the
-    two halves of ``qrhead_vllm.data.split_examples`` of the shared file."""
+    two halves of ``qrhead_vllm.datasets.split_examples`` of the shared file."""
     return load_hotpotqa(HOTPOTQA_DETECT), load_hotpotqa(HOTPOTQA_EVAL)
 
 
 @pytest.fixture(scope="session")
 def hotpotqa_records():
     """The vendored records as plain dicts (detection sample first, then evaluation)."""
-    from qrhead_vllm.serve.testing import hotpotqa_examples
+    from tests.serve_harness import hotpotqa_examples
     return hotpotqa_examples(HOTPOTQA_DETECT) + hotpotqa_examples(HOTPOTQA_EVAL)
 
 
@@ -68,11 +68,11 @@ def serve_app():
     """The real app (Ray on this machine, vLLM on CPU, bundled SmolLM2, shipped heads), started
     once per session: an engine start costs minutes on a 2-core box."""
     from qrhead_vllm.serve.launch import start_local, stop_local
-    from qrhead_vllm.serve.testing import (RunningApp, app_config, offline_reference,
+    from tests.serve_harness import (RunningApp, app_config, offline_reference,
                                            reference_cases)
 
     cfg = app_config()
-    from qrhead_vllm.serve.testing import hotpotqa_examples
+    from tests.serve_harness import hotpotqa_examples
     cases = reference_cases(hotpotqa_examples(HOTPOTQA_EVAL))
     reference = offline_reference(cfg, cases)     # its engine exits before the app starts
     url = start_local(cfg, num_cpus=2)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.metrics import TREC_DL_METRICS, evaluate_runs, rrf_fuse
+from bench.quality.metrics import TREC_DL_METRICS, evaluate_runs, rrf_fuse
 
 # One query, graded like TREC DL: "e" is judged (grade 2) but not among the candidates, "c" is
 # judged non-relevant, "x" is unjudged.

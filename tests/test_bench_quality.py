@@ -1,4 +1,4 @@
-"""Smoke tests of bench/quality.py on the vendored real HotpotQA records (tests/data): metrics and
+"""Smoke tests of bench/quality/quality.py on the vendored real HotpotQA records (tests/data): metrics and
 baselines on 5 evaluation queries, the LLM path (shared prefill) on 2, and the BEIR-directory reproduction
 path on a tiny BEIR-style directory converted from the same records (real gold labels only)."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import baselines, beir, quality
-from bench.llm import HeadSet, llm_runs, random_head_sets
-from bench.metrics import METRICS, evaluate_runs, positive_qrels
+from bench.quality import baselines, beir, quality
+from bench.quality.llm import HeadSet, llm_runs, random_head_sets
+from bench.quality.metrics import METRICS, evaluate_runs, positive_qrels
 from qrhead_vllm.core import truncate_words
 from qrhead_vllm.ranker import QRHeadRanker, make_backend
 

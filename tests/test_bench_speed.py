@@ -14,11 +14,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench import gpu_capture, speed_report
-from bench.gpu_capture import Shape, make_layer, ours, peak_bytes
-from bench.speed import FALLBACK_HEADS, Run
-from bench.speed_prompts import Item, docs_item, length_item
-from bench.speed_timing import interleave
+from bench.speed import gpu_capture, report as speed_report
+from bench.speed.gpu_capture import Shape, make_layer, ours, peak_bytes
+from bench.speed.speed import FALLBACK_HEADS, Run
+from bench.speed.prompts import Item, docs_item, length_item
+from bench.speed.timing import interleave
 
 SMALL = Shape("small", 4, 8, 2, 16, ((1, 0), (1, 5), (3, 2), (3, 3), (3, 6)))
 SMOLLM = Shape("smollm-like", 30, 9, 3, 64, tuple(FALLBACK_HEADS))
@@ -93,7 +93,7 @@ def test_prompts_fit_their_targets(prompt_ranker, hotpotqa_split):
 
 
 def test_report_renders(tmp_path):
-    from bench.speed_bf16 import Bf16Quality
+    from bench.speed.bf16 import Bf16Quality
     items = [_item("hotpot-1", 1400), _item("4K", 4000)]
     ticks = itertools.count()
     timings = interleave({"plain": lambda i: {"hook": 0.001}, "capture": lambda i: None}, items,
@@ -110,7 +110,7 @@ def test_report_renders(tmp_path):
     args = argparse.Namespace(model="m", dtype="float32", max_model_len=8192,
                               extend_context=False, multiprocess=False, doc_words=15,
                               scaling_reps=1)
-    run = Run(args, "python bench/speed.py", timings={"overhead": timings, "compare": compare},
+    run = Run(args, "python bench/speed/speed.py", timings={"overhead": timings, "compare": compare},
               memory=[{"tokens": 1024, "ours": 2 ** 20, "formula": 2 ** 20, "kv_cache": 2 ** 25,
                        "reference": 2 ** 23},
                       {"tokens": 2048, "ours": 2 ** 21, "formula": 2 ** 21, "kv_cache": 2 ** 26}],
@@ -136,7 +136,7 @@ def test_report_renders(tmp_path):
 
 
 def test_bf16_comparison_metrics():
-    from bench.speed_bf16 import bootstrap_interval, kendall_tau_b, ndcg_at_10
+    from bench.speed.bf16 import bootstrap_interval, kendall_tau_b, ndcg_at_10
     assert kendall_tau_b([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
     assert kendall_tau_b([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert kendall_tau_b([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
@@ -153,7 +153,7 @@ def test_reference_algorithm_scores_equal_our_port(smollm2_backend, hotpotqa_spl
     """The bench's reference baseline (full forward, all L×H heads recomputed with a dense
     mask, heads selected last) computes the same scores as our port (which the vLLM hook
     equals, tests/test_vllm_hook.py), so the speed-up compares like with like."""
-    from bench.reference_baseline import ReferenceAlgorithm
+    from bench.speed.reference_baseline import ReferenceAlgorithm
     from qrhead_vllm.models import resolve_model
     from qrhead_vllm.ranker import QRHeadRanker
     model = resolve_model("smollm2-135m")
@@ -173,7 +173,7 @@ def test_reference_algorithm_scores_equal_our_port(smollm2_backend, hotpotqa_spl
 
 
 def test_reference_algorithm_recomputes_every_head_of_every_layer():
-    from bench.reference_baseline import all_heads_rows
+    from bench.speed.reference_baseline import all_heads_rows
     from transformers import DynamicCache
     cache, queries = DynamicCache(), {"span": 3}
     for layer in range(4):

@@ -13,7 +13,7 @@ from qrhead_vllm.commands import detect as detect_cmd
 from qrhead_vllm.datasets import Example
 from qrhead_vllm.detect.checkpoint import Checkpoint
 from qrhead_vllm.detect.config import DetectConfig
-from qrhead_vllm.detect.inputs import DetectInputError, load_examples
+from qrhead_vllm.detect import DetectInputError, load_examples
 from qrhead_vllm.detect.job import select_examples
 from qrhead_vllm.detect.recipes import gold_mass, rank_heads, reduce_scores, top_overlap
 from qrhead_vllm.results import Document

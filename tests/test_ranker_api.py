@@ -11,6 +11,7 @@ import pytest
 
 from qrhead_vllm import ContextOverflowError, Document, HeadConfigError, InvalidInputError
 from qrhead_vllm.ranker import QRHeadRanker
+from tests.shared_backend import SharedBackend
 
 HEADS = [(3, 4), (6, 2), (9, 8)]
 QUERY = "Which city is the capital of France?"
@@ -119,34 +120,21 @@ def test_score_only_cut_is_the_deepest_selected_layer():
     assert score_only_cut("smollm2-135m", None, last_layer=27) == 27
 
 
-def test_score_only_is_for_the_vllm_backend(smollm2_backend):
+def test_score_only_is_for_the_engines_that_cut(smollm2_backend):
     # Refused before any engine or model is loaded: the port already stops early.
     for backend in ("transformers", smollm2_backend):
-        with pytest.raises(InvalidInputError, match="score-only vLLM engine"):
+        with pytest.raises(InvalidInputError, match="score-only engine"):
             QRHeadRanker("smollm2-135m", backend=backend, score_only=True)
 
 
 # --- `qrhead rerank` (a thin layer over the API; it reuses the session's SmolLM2) ----------
-
-class _SharedBackend:
-    """The session backend behind a no-op close(): the command closes its ranker when done."""
-
-    def __init__(self, backend):
-        self._backend = backend
-
-    def __getattr__(self, name):
-        return getattr(self._backend, name)
-
-    def close(self):
-        pass
-
 
 @pytest.fixture
 def rerank(smollm2_backend, monkeypatch, capsys):
     """Run ``qrhead rerank ARGS`` in-process → (exit code, stdout, stderr)."""
     from qrhead_vllm import cli, ranker
 
-    monkeypatch.setattr(ranker, "make_backend", lambda *a, **k: _SharedBackend(smollm2_backend))
+    monkeypatch.setattr(ranker, "make_backend", lambda *a, **k: SharedBackend(smollm2_backend))
 
     def run(*args):
         code = cli.main(["rerank", *args])

@@ -1,5 +1,5 @@
 """The real app over HTTP: Ray on this machine, vLLM on CPU, the bundled SmolLM2 and its shipped
-head config (see serve/testing.py for the shared, session-scoped app).
+head config (see tests/serve_harness.py for the shared, session-scoped app).
 
 OpenAI routes with the openai SDK; rerank in Cohere format with httpx; HTTP scores against the
 offline QRHeadRanker(backend="vllm"); 32 concurrent reranks mixed with streaming chat against

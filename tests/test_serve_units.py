@@ -4,6 +4,7 @@ against a fake upstream, and the ASGI bridge to vLLM's app."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 from pathlib import Path
 
 import httpx
@@ -13,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 
-from qrhead_vllm.errors import ContextOverflowError
+from qrhead_vllm.errors import ContextOverflowError, HeadConfigError
 from qrhead_vllm.serve.answer import split_context
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.builder import load_config
@@ -33,7 +34,7 @@ def test_shipped_configs_load(name):
     assert cfg.shared_engine == (name == "cpu.yaml")
     assert cfg.retriever.score_only == (name == "cpu-score-only.yaml")
     if name == "cluster.yaml":
-        assert cfg.generator.vllm_overrides()["tensor_parallel_size"] == 8
+        assert cfg.generator.engine_overrides()["tensor_parallel_size"] == 8
         assert len(cfg.generator.deployment.placement_group_bundles) == 9
 
 
@@ -64,10 +65,10 @@ def test_sglang_retriever_config():
     # generator role stays on vLLM (the app bridges vLLM's OpenAI server only).
     cfg = load_config({"config": str(CONFIGS / "cpu.yaml"), "retriever.engine": "sglang",
                        "retriever.engine_args": {"chunked_prefill_size": 512}})
-    assert cfg.retriever.sglang_overrides() == {"dtype": "float32", "context_length": 4096,
+    assert cfg.retriever.engine_overrides() == {"dtype": "float32", "context_length": 4096,
                                                 "tp_size": 1, "pp_size": 1,
                                                 "chunked_prefill_size": 512}
-    with pytest.raises(ValidationError, match="generator.engine must be 'vllm'"):
+    with pytest.raises(ValidationError, match=r"generator.engine must be one of \['vllm'\]"):
         QRHeadServeConfig.model_validate({"generator": {"engine": "sglang"}})
 
 
@@ -76,7 +77,7 @@ def test_score_only_retriever_needs_its_own_generator():
         QRHeadServeConfig.model_validate({"retriever": {"score_only": True}})
     with pytest.raises(ValidationError, match="last_layer is the cut of a score-only engine"):
         QRHeadServeConfig.model_validate({"retriever": {"last_layer": 20}, "generator": {}})
-    with pytest.raises(ValidationError, match="score_only is a vLLM engine feature"):
+    with pytest.raises(ValidationError, match="score_only is not available on engine 'sglang'"):
         QRHeadServeConfig.model_validate({"retriever": {"score_only": True, "engine": "sglang"},
                                           "generator": {}})
 
@@ -88,7 +89,7 @@ def test_score_only_retriever_needs_its_own_generator():
 ])
 def test_score_only_retriever_engine_gets_its_cut(retriever, last_layer):
     from qrhead_vllm.models import resolve_model
-    from qrhead_vllm.serve.engine import engine_kwargs_for
+    from qrhead_vllm.serve.vllm_server import engine_kwargs_for
     cfg = load_config({"config": str(CONFIGS / "cpu-score-only.yaml"),
                        **{f"retriever.{k}": v for k, v in retriever.items()}})
     resolved = resolve_model(cfg.retriever.model)
@@ -142,10 +143,12 @@ class FakeUpstream:
     def __init__(self):
         self.calls = []
 
-    async def call(self, method, *args, **kwargs):
-        self.calls.append((method, args))
-        if method == "rerank":
-            return {"id": "r", "model": "m", "results": [], "usage": {}}
+    async def rerank(self, req):
+        self.calls.append(("rerank", (req,)))
+        return {"id": "r", "model": "m", "results": [], "usage": {}}
+
+    async def retrieve(self, *args):
+        self.calls.append(("retrieve", args))
         return {"passages": [{"rank": 1, "text": "P", "index": 0}], "retrieval": {}}
 
     async def open(self, method, path, query, headers, body):
@@ -234,7 +237,7 @@ async def _call_asgi_streams_and_cancels():
 
 
 def test_rerank_throughput_workload_is_distinct_per_request():
-    from bench.rerank_throughput import workload
+    from bench.serve.rerank_throughput import workload
     from tests.conftest import HOTPOTQA_EVAL
     reqs = workload(12, 10, HOTPOTQA_EVAL)                # more requests than records: wraps
     assert len(reqs) == 12 and all(len(r["documents"]) == 10 for r in reqs)
@@ -251,3 +254,20 @@ def test_retriever_prompt_order_comes_from_the_config(smollm2_backend, fields, r
     retriever = Retriever(cfg, smollm2_backend, ["smollm2"])
     assert retriever.default.reverse_order is reverse
     assert retriever.ranker("all", None).reverse_order is reverse
+
+
+@pytest.mark.parametrize("exc,status,text", [
+    (HeadConfigError("heads beyond layer 23"), 400, "beyond layer 23"),
+    (ContextOverflowError("too long"), 400, "too long"),
+    (APIError(404, "no retriever role"), 404, "no retriever role"),
+    (RuntimeError("engine core died"), 500, "engine core died"),
+])
+def test_what_a_server_raises_reaches_http_as_its_status(exc, status, text):
+    # Servers raise across the Ray hop (the exception is pickled); the ingress maps it once.
+    from qrhead_vllm.serve.ingress import Upstream
+
+    async def remote(*_):
+        raise pickle.loads(pickle.dumps(exc))
+    with pytest.raises(APIError) as err:
+        asyncio.run(Upstream.call(remote))
+    assert err.value.status == status and text in err.value.message

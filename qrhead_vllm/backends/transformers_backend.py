@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import transformers
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from qrhead_vllm.backends import MassRequest, MassResult
+from qrhead_vllm.backends import InThread, MassRequest, MassResult
 from qrhead_vllm.core import SpanCapture, layer_heads
 from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.heads import ModelFacts
@@ -66,8 +67,12 @@ AttentionInterface.register(ATTN_IMPL, _qrhead_attention)
 AttentionMaskInterface.register(ATTN_IMPL, sdpa_mask)
 
 
-class TransformersBackend:
-    """QRHead scoring on a transformers causal LM (CPU or GPU), one prompt at a time."""
+class TransformersBackend(InThread):
+    """QRHead scoring on a transformers causal LM (CPU or GPU), one prompt at a time. The whole
+    model is loaded (``last_layer`` None); each forward stops after the deepest selected layer
+    when ``early_exit``."""
+
+    last_layer = None
 
     def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
                  device: str = "cpu", early_exit: bool = True):
@@ -81,10 +86,14 @@ class TransformersBackend:
         self.facts = ModelFacts.from_hf_config(self.hf_config, model_id or model_path)
         cfg = getattr(self.model.config, "text_config", None) or self.model.config
         self.max_model_len = cfg.max_position_embeddings
-        self.engine_version = __import__("transformers").__version__
+        self.engine_version = transformers.__version__
 
     def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
         return [self._one(r) for r in requests]
+
+    def stats(self) -> dict[str, int]:
+        """Nothing outlives a call here: captures live in the forward's context."""
+        return {"active": 0}
 
     def close(self) -> None:
         self.model = None

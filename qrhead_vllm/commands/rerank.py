@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qrhead_vllm.engines import DEFAULT_ENGINE, ENGINE_NAMES
 from qrhead_vllm.errors import HeadConfigError, InvalidInputError, QRHeadError
 from qrhead_vllm.models import DEFAULT_MODEL
 
@@ -46,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", default=None,
                         help="head config name or path, or 'all' for every head (ICR); "
                              "default: the model's shipped head config")
-    parser.add_argument("--backend", choices=("transformers", "vllm"), default="transformers")
+    parser.add_argument("--backend", choices=ENGINE_NAMES, default=DEFAULT_ENGINE,
+                        help="scoring engine (qrhead_vllm.engines; sglang needs .venv-sglang)")
     parser.add_argument("--top-k", type=int, default=None, help="show only the best K documents")
     parser.add_argument("--max-words", type=int, default=None,
                         help="truncate each document to this many words")
@@ -108,11 +110,12 @@ def _inputs(query: str | None, docs_file: str | None) -> tuple[str, list]:
 
 def shipped_example() -> tuple[str, list]:
     """First evaluation example of the shared HotpotQA set, or the built-in one."""
-    from qrhead_vllm.datasets import HOTPOTQA, load_hotpotqa, split_examples
+    from qrhead_vllm.datasets import load_hotpotqa, shared_path, split_examples
 
-    if not HOTPOTQA.exists():
+    path = shared_path("hotpotqa")
+    if not path.exists():
         return BUILTIN_QUERY, list(BUILTIN_DOCS)
-    example = split_examples(load_hotpotqa())[1][0]
+    example = split_examples(load_hotpotqa(path))[1][0]
     return example.query, list(example.documents)
 
 

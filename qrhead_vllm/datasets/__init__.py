@@ -19,19 +19,26 @@ from qrhead_vllm.datasets.records import (combined_sha256, first_duplicate, gues
 FORMATS = ("auto", "shared", "hotpotqa", "qrhead", "jsonl", "beir")
 
 
-def _shared_data() -> Path:
-    """The project's shared data: QRHEAD_DATA_DIR, else ``../shared/data`` beside the checkout."""
+# The shared evaluation files by name, relative to the shared data folder (shared_data()).
+SHARED_FILES = {
+    "hotpotqa": "hotpotqa/distractor-dev-70.jsonl",
+    "dl19": "trec-dl/dl19_bm25_top100.jsonl",
+    "scifact": "beir-scifact/scifact_test_bm25_top20_dev100.jsonl",
+    "musique": "musique/musique_train100.jsonl",
+}
+
+
+def shared_data() -> Path:
+    """The project's shared data: QRHEAD_DATA_DIR, else ``../shared/data`` beside the checkout.
+    Read when data is loaded, not at import: an installed wheel has no checkout beside it."""
     return envs.data_dir(Path(__file__).resolve().parents[3] / "shared" / "data")
 
 
-SHARED_DATA = _shared_data()
-SHARED = {
-    "hotpotqa": SHARED_DATA / "hotpotqa" / "distractor-dev-70.jsonl",
-    "dl19": SHARED_DATA / "trec-dl" / "dl19_bm25_top100.jsonl",
-    "scifact": SHARED_DATA / "beir-scifact" / "scifact_test_bm25_top20_dev100.jsonl",
-    "musique": SHARED_DATA / "musique" / "musique_train100.jsonl",
-}
-HOTPOTQA = SHARED["hotpotqa"]
+def shared_path(name: str) -> Path:
+    """The path of a shared file by name (``hotpotqa``, ``dl19``, ``scifact``, ``musique``)."""
+    if name not in SHARED_FILES:
+        raise DataError(f"unknown shared data set {name!r}; choose one of {sorted(SHARED_FILES)}")
+    return shared_data() / SHARED_FILES[name]
 
 
 def load_examples(path: str | Path, fmt: str = "auto", *, beir_split: str = "test",
@@ -59,15 +66,16 @@ def load_examples(path: str | Path, fmt: str = "auto", *, beir_split: str = "tes
 
 def load_shared(name_or_path: str | Path) -> list[Example]:
     """A shared data file by name (``hotpotqa``, ``dl19``, ``scifact``, ``musique``) or path."""
-    path = SHARED.get(str(name_or_path), Path(name_or_path))
+    name = str(name_or_path)
+    path = shared_path(name) if name in SHARED_FILES else Path(name_or_path)
     return load_examples(path, "shared")[0]
 
 
-def load_hotpotqa(path: str | Path = HOTPOTQA) -> list[Example]:
+def load_hotpotqa(path: str | Path | None = None) -> list[Example]:
     """The shared HotpotQA distractor file (or any file of the same shape)."""
-    return load_shared(path)
+    return load_shared(path or "hotpotqa")
 
 
 __all__ = ["Example", "DataError", "split_examples", "SPLIT_SEED", "load_examples",
            "load_shared", "load_hotpotqa", "load_beir_dir", "combined_sha256", "sha256_file",
-           "SHARED", "SHARED_DATA", "HOTPOTQA", "FORMATS"]
+           "SHARED_FILES", "shared_data", "shared_path", "FORMATS"]

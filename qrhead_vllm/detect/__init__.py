@@ -20,7 +20,10 @@ def __getattr__(name):
     if name in ("detect_heads", "run_detection"):
         from qrhead_vllm.detect import api
         return getattr(api, name)
-    if name in ("load_examples", "DetectInputError"):
-        from qrhead_vllm.detect import inputs
-        return getattr(inputs, name)
+    if name == "load_examples":
+        from qrhead_vllm.datasets import load_examples
+        return load_examples
+    if name == "DetectInputError":      # the detection job's name for a malformed input
+        from qrhead_vllm.datasets import DataError
+        return DataError
     raise AttributeError(name)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qrhead_vllm.detect.checkpoint import Checkpoint, example_key, model_fingerprint
 from qrhead_vllm.detect.config import DetectConfig
-from qrhead_vllm.detect.inputs import combined_sha256
+from qrhead_vllm.datasets import combined_sha256
 from qrhead_vllm.detect.job import DetectionRun, OnRecords, run_batches, select_examples
 from qrhead_vllm.detect.recipes import rank_heads, reduce_scores
 from qrhead_vllm.heads import HeadConfig, HeadScore, ModelFacts, Provenance, today
@@ -81,7 +81,7 @@ def _notes(cfg: DetectConfig, meta: dict, records: list[dict], hashes: dict[str,
     """Everything else needed to reproduce the list, in one line of text."""
     no_gold = sum(r["ndcg"] is None for r in records)
     parts = [
-        f"split={cfg.split}" + (" (qrhead_vllm.data.split_examples, seed 0)"
+        f"split={cfg.split}" + (" (qrhead_vllm.datasets.split_examples, seed 0)"
                                 if cfg.split != "all" else ""),
         f"limit={cfg.limit}", f"top_k={cfg.top_k}",
         "score=" + {"mass": "mean per-example gold mass", "ndcg": f"mean nDCG@{cfg.ndcg_k}",

@@ -19,6 +19,7 @@ from qrhead_vllm import envs
 from qrhead_vllm.core.prompt import NULL_QUERY
 
 from qrhead_vllm.datasets import FORMATS  # noqa: F401  (re-exported)
+from qrhead_vllm.engines import DEFAULT_ENGINE, EngineName
 
 
 class DetectConfig(BaseModel):
@@ -37,7 +38,7 @@ class DetectConfig(BaseModel):
     candidates: str | None = Field(
         None, description="BEIR only: candidate list file (default <data>/candidates.tsv).")
     split: Literal["all", "detect", "eval"] = Field(
-        "all", description="'detect'/'eval': the half of qrhead_vllm.data.split_examples to use "
+        "all", description="'detect'/'eval': the half of qrhead_vllm.datasets.split_examples to use "
                            "(never detect on the examples you report quality on).")
     limit: int | None = Field(None, gt=0, description="Use only the first N examples (of each file).")
 
@@ -64,8 +65,8 @@ class DetectConfig(BaseModel):
     stability_seed: int = Field(0, description="Seed of the two disjoint halves of the report.")
 
     # --- engine and Ray ---------------------------------------------------------------------
-    backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Scoring backend each actor holds.")
+    backend: EngineName = Field(
+        DEFAULT_ENGINE, description="Scoring backend each actor holds (qrhead_vllm.engines).")
     dtype: str = Field("float32", description="Model dtype (float32, bfloat16, float16).")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra backend arguments (JSON on the CLI).")

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from qrhead_vllm.datasets import Example, split_examples
+from qrhead_vllm.datasets import Example, load_examples, split_examples
 from qrhead_vllm.datasets.records import first_duplicate
 from qrhead_vllm.detect.checkpoint import Checkpoint
 from qrhead_vllm.detect.config import DetectConfig
-from qrhead_vllm.detect.inputs import load_examples
 from qrhead_vllm.detect.worker import WORKER_FIELDS, DetectWorker
 from qrhead_vllm.errors import QRHeadError
 from qrhead_vllm.heads import HeadConfig

@@ -24,13 +24,14 @@ class DetectWorker:
     def __init__(self, settings: dict[str, Any]):
         import torch
 
-        from qrhead_vllm.ranker import QRHeadRanker, make_backend
+        from qrhead_vllm.engines import engine, make_backend
+        from qrhead_vllm.ranker import QRHeadRanker
 
         # Ray reserves num_cpus for us but torch would still spawn one thread per core.
         torch.set_num_threads(max(1, int(settings["cpus_per_actor"])))
         kwargs = dict(settings["engine_kwargs"])
-        if settings["backend"] == "transformers" and settings.get("gpus_per_actor"):
-            kwargs.setdefault("device", "cuda")   # Ray gave us a GPU: use it unless told not to
+        if settings.get("gpus_per_actor"):     # Ray gave us a GPU: use it unless told not to
+            kwargs = {**engine(settings["backend"]).gpu_kwargs, **kwargs}
         backend = make_backend(settings["backend"], settings["model"], settings["dtype"], **kwargs)
         self.ranker = QRHeadRanker(
             settings["model"], heads="all", backend=backend, calibrate=settings["calibrate"],
@@ -42,11 +43,9 @@ class DetectWorker:
     def info(self) -> dict[str, Any]:
         """Model facts and engine version, for the HeadConfig's provenance."""
         backend = self.ranker.backend
-        version = getattr(backend, "engine_version", None)
-        if version is None:
-            version = _module_version(self.backend_name)
         return {"facts": backend.facts.model_dump(), "engine": self.backend_name,
-                "engine_version": version, "prompt_family": self.ranker.template.family}
+                "engine_version": backend.engine_version,
+                "prompt_family": self.ranker.template.family}
 
     def score(self, items: Sequence[tuple[str, Example]]) -> list[dict[str, Any]]:
         """Score ``(checkpoint key, example)`` pairs in one backend call → one record each."""
@@ -71,9 +70,3 @@ class DetectWorker:
     def close(self) -> None:
         self.ranker.close()
 
-
-def _module_version(backend: str) -> str | None:
-    try:
-        return __import__(backend).__version__
-    except Exception:  # the engine reported nothing and is not importable here: say so
-        return None

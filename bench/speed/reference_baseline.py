@@ -26,12 +26,13 @@ import contextvars
 from typing import Sequence
 
 import torch
+import transformers
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from bench.gpu_capture import reference_layer
-from qrhead_vllm.backends import MassRequest, MassResult
+from bench.speed.gpu_capture import reference_layer
+from qrhead_vllm.backends import InThread, MassRequest, MassResult
 from qrhead_vllm.heads import ModelFacts
 
 ATTN_IMPL = "qrhead_reference_recompute"
@@ -62,8 +63,10 @@ def all_heads_rows(queries: dict, cache: DynamicCache, num_layers: int) -> torch
     return torch.stack(per_layer)
 
 
-class ReferenceAlgorithm:
+class ReferenceAlgorithm(InThread):
     """QRHead's reference algorithm on a transformers model (fp32 CPU by default)."""
+
+    last_layer = None                               # every layer, as the reference does
 
     def __init__(self, model_path: str, model_id: str | None = None, dtype: str = "float32"):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -76,6 +79,7 @@ class ReferenceAlgorithm:
             raise ValueError("the reference algorithm has no sliding-window attention "
                              "(Llama / Qwen2 only); pick a model without it")
         self.max_model_len = self.hf_config.max_position_embeddings
+        self.engine_version = transformers.__version__
 
     @torch.inference_mode()
     def _pass(self, ids: Sequence[int], span: int, cache: DynamicCache) -> torch.Tensor:
@@ -102,6 +106,9 @@ class ReferenceAlgorithm:
             out.append(MassResult(_select(real, req.heads),
                                   None if null is None else _select(null, req.heads)))
         return out
+
+    def stats(self) -> dict[str, int]:
+        return {"active": 0}
 
     def close(self) -> None:
         self.model = None

@@ -8,13 +8,13 @@ import platform
 from pathlib import Path
 
 from bench.report import git_commit
-from bench.speed_tables import (bf16_table, engine_memory_table, memory_table, targets_table,
+from bench.speed.tables import (bf16_table, engine_memory_table, memory_table, targets_table,
                                 timing_table)
-from bench.speed_timing import Timings
+from bench.speed.timing import Timings
 
-NOTES = Path(__file__).resolve().parent / "speed_notes.md"
+NOTES = Path(__file__).resolve().parent / "notes.md"
 MIB = 2 ** 20
-GPU_COMMAND = "python bench/gpu_capture.py"
+GPU_COMMAND = "python bench/speed/gpu_capture.py"
 COLORS = {"early": "C0", "plain": "C1", "transformers": "C2", "reference": "C3"}   # same line, same colour
 
 
@@ -114,7 +114,7 @@ VARIANTS = ("`real`: score-only engine (layers up to the deepest selected head),
             "the full-model engine, real + null; `transformers`: our port "
             "(`TransformersBackend`: SDPA + selected-head rows, stops after the deepest "
             "selected layer), real + null; `reference`: the published QRHead algorithm "
-            "(`bench/reference_baseline.py`: forward through every layer keeping all queries "
+            "(`bench/speed/reference_baseline.py`: forward through every layer keeping all queries "
             "and keys, then all L×H heads' span rows recomputed with a dense causal mask, real "
             "+ null). All fp32 on the same cores.")
 
@@ -124,7 +124,7 @@ def write(run, out: Path, name: str = "speed", notes: Path | None = NOTES) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     a, t = run.args, run.timings
     lines = ["# Speed and memory", "",
-             "_Written by `bench/speed.py`; rerun the command below rather than editing it._", "",
+             "_Written by `bench/speed/speed.py`; rerun the command below rather than editing it._", "",
              f"- **date**: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
              f"- **machine**: {machine()}",
              f"- **command**: `{run.command}`",
@@ -212,14 +212,14 @@ def write(run, out: Path, name: str = "speed", notes: Path | None = NOTES) -> Pa
                   "the capture's own tensors (`gather_paged_keys` + `span_attention_rows` for "
                   "every captured layer of one request, rows kept to the end) from torch "
                   "profiler allocation events; formula: `capture_bytes` in "
-                  "`bench/speed_report.py`. Reference: the original code's recompute (all "
+                  "`bench/speed/report.py`. Reference: the original code's recompute (all "
                   "layers and heads, `repeat_kv`, dense causal mask, stacked L×H×T), measured "
                   "the same way.", f"Shape: {run.facts.get('memory shape', '')}.", "",
                   memory_table(run.memory), "", f"![memory]({name}_memory.png)", ""]
-    lines += ["## GPU bench", "", "`bench/gpu_capture.py` (capture maths vs the reference "
+    lines += ["## GPU bench", "", "`bench/speed/gpu_capture.py` (capture maths vs the reference "
               "recompute on Llama-3.1-8B- and 70B-shaped layers at 32K–128K tokens) has "
               f"**not been run on a GPU yet**. On a machine with a CUDA GPU: `{GPU_COMMAND}`; "
-              "on a CPU, small: `python bench/gpu_capture.py --device cpu --tokens 4096`.", ""]
+              "on a CPU, small: `python bench/speed/gpu_capture.py --device cpu --tokens 4096`.", ""]
     if notes is not None and notes.exists():
         lines += [notes.read_text().strip(), ""]
     path = out / f"{name}.md"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.speed_timing import Ratio, Timings
+from bench.speed.timing import Ratio, Timings
 
 MIB = 2 ** 20
 

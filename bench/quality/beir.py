@@ -28,7 +28,7 @@ from qrhead_vllm.core import truncate_words
 from qrhead_vllm.datasets import Example, load_beir_dir
 from qrhead_vllm.results import Document
 
-from bench.metrics import Qrels
+from bench.quality.metrics import Qrels
 
 
 def sample_qids(qids: list[str], num_queries: int | None, seed: int) -> list[str]:

@@ -1,8 +1,8 @@
 """Speed and memory bench (issues 6 and 13): every figure a ratio of variants run side by side
 on the same prompts, several repetitions, medians.
 
-    python bench/speed.py                    # CPU default: bundled SmolLM2-135M, fp32
-    python bench/speed.py --quick --out /tmp/speed   # a few minutes' look at every section
+    python bench/speed/speed.py                    # CPU default: bundled SmolLM2-135M, fp32
+    python bench/speed/speed.py --quick --out /tmp/speed   # a few minutes' look at every section
 
 Sections: ``overhead`` (prefill with the capture hook vs ordinary requests, full-model engine),
 ``compare`` (one paired run on HotpotQA prompts of the score-only engine with and without the
@@ -28,15 +28,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # `python bench/speed.py`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # `python bench/speed/speed.py`
 
-from bench import speed_report                                        # noqa: E402
-from bench.gpu_capture import Shape, make_layer, ours, peak_bytes, reference  # noqa: E402
-from bench.speed_engines import (FALLBACK_HEADS, HookTimer, engine_memory,  # noqa: E402
+from bench.speed import report as speed_report                                        # noqa: E402
+from bench.speed.gpu_capture import Shape, make_layer, ours, peak_bytes, reference  # noqa: E402
+from bench.speed.engines import (FALLBACK_HEADS, HookTimer, engine_memory,  # noqa: E402
                                  start_engines, variants)
-from bench.speed_prompts import docs_item, hotpot_items, length_item  # noqa: E402
-from bench.speed_timing import Timings, interleave, load_average      # noqa: E402
-from qrhead_vllm.datasets import HOTPOTQA, load_hotpotqa, split_examples  # noqa: E402
+from bench.speed.prompts import docs_item, hotpot_items, length_item  # noqa: E402
+from bench.speed.timing import Timings, interleave, load_average      # noqa: E402
+from qrhead_vllm.datasets import load_hotpotqa, split_examples  # noqa: E402
 from qrhead_vllm.errors import ContextOverflowError, HeadConfigError  # noqa: E402
 from qrhead_vllm.models import DEFAULT_MODEL                          # noqa: E402
 
@@ -128,7 +128,7 @@ def run_engine_sections(args, run: Run, sections: set[str]) -> None:
     run.cut = (engines.early.backend.last_layer, engines.full.backend.facts.num_layers)
     run.engine_memory = engine_memory(engines)
     v = variants(engines, None if args.multiprocess else HookTimer())
-    examples = load_hotpotqa(HOTPOTQA)
+    examples = load_hotpotqa()
     hot = hotpot_items(engines.full, examples, args.queries)
     if "overhead" in sections:
         items = hot + ([length_item(engines.full, examples, args.overhead_long, start=40)]
@@ -155,10 +155,10 @@ def run_engine_sections(args, run: Run, sections: set[str]) -> None:
 def run_bf16(args, run: Run, engines, v: dict, hot) -> None:
     """Speed paired on the HotpotQA prompts; scores on the evaluation split (never on the
     detection half the heads were selected on)."""
-    from bench.speed_bf16 import compare
+    from bench.speed.bf16 import compare
     run.timings["bf16"] = interleave(pick(v, ("early", "early bf16")), hot,
                                      min(args.reps, 2), "bf16")    # bf16 is slow on AVX2
-    evaluation = split_examples(load_hotpotqa(HOTPOTQA))[1]
+    evaluation = split_examples(load_hotpotqa())[1]
     if args.bf16_queries:
         evaluation = evaluation[:args.bf16_queries]
     run.bf16 = compare(engines.early, engines.bf16, evaluation)
@@ -220,7 +220,7 @@ def run_memory(args, run: Run, span: int = 50) -> None:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    run = Run(args, " ".join(["python bench/speed.py"] + ([shlex.join(argv)] if argv else [])))
+    run = Run(args, " ".join(["python bench/speed/speed.py"] + ([shlex.join(argv)] if argv else [])))
     run.facts["load average at start"] = f"{load_average():.1f}"
     sections = set(args.sections.split(","))
     started = time.perf_counter()

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from bench.speed_prompts import Item
+from bench.speed.prompts import Item
 
 
 def load_average() -> float:

@@ -9,7 +9,7 @@ model, ``max_model_len`` and ``kv_cache_sequences``), never by a fraction of the
     early    fp32, score-only: layers 0..deepest selected layer only (the fast path)
     bf16     bf16, score-only (the ``bf16`` section only)
     port     our transformers port (selected heads, stops after the deepest one)
-    ref      the published algorithm (bench/reference_baseline.py)
+    ref      the published algorithm (bench/speed/reference_baseline.py)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from bench.speed_prompts import Item
+from bench.speed.prompts import Item
 from qrhead_vllm.errors import HeadConfigError
 
 # Used when the model has no shipped head config: 16 heads over 10 layers and all 3 KV groups.
@@ -67,7 +67,7 @@ def start_engines(args, facts: dict, bf16: bool, reference: bool,
     score-only engine with ``small_blocks``-token KV blocks)."""
     if not args.multiprocess:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # 3-5× faster start
-    from bench.reference_baseline import ReferenceAlgorithm
+    from bench.speed.reference_baseline import ReferenceAlgorithm
     from qrhead_vllm.models import resolve_model
     from qrhead_vllm.ranker import make_backend
     start = time.perf_counter()

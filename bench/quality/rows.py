@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from bench import baselines
-from bench.llm import HeadSet, llm_runs, random_head_sets
-from bench.metrics import Runs, evaluate_runs, mean_of, rrf_fuse
+from bench.quality import baselines
+from bench.quality.llm import HeadSet, llm_runs, random_head_sets
+from bench.quality.metrics import Runs, evaluate_runs, mean_of, rrf_fuse
 from bench.report import Row
 
 

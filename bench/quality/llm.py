@@ -18,12 +18,12 @@ from typing import Any, Sequence
 
 import torch
 
-from qrhead_vllm.backends import MassRequest, MassResult
+from qrhead_vllm.backends import InThread, MassRequest, MassResult
 from qrhead_vllm.datasets import Example
 from qrhead_vllm.errors import HeadConfigError
 from qrhead_vllm.ranker import QRHeadRanker
 
-from bench.metrics import Runs
+from bench.quality.metrics import Runs
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class HeadSet:
     draw: int | None = None        # seed of a random draw (draws are averaged into one row)
 
 
-class SharedMassBackend:
+class SharedMassBackend(InThread):
     """A ScoringBackend that prefills each prompt once for the union of the head sets."""
 
     def __init__(self, inner):

@@ -2,10 +2,10 @@
 concurrent clients (issue 4).
 
     qrhead serve &                                         # or any running app
-    python bench/rerank_throughput.py --url http://127.0.0.1:8000 --write docs/serving.md
-    python bench/rerank_throughput.py --start --write docs/serving.md   # start, bench, stop
+    python bench/serve/rerank_throughput.py --url http://127.0.0.1:8000 --write docs/serving.md
+    python bench/serve/rerank_throughput.py --start --write docs/serving.md   # start, bench, stop
     # before / after the score-only retriever (issue 13), one after the other, same machine:
-    python bench/rerank_throughput.py --start --config configs/serve/cpu.yaml \
+    python bench/serve/rerank_throughput.py --start --config configs/serve/cpu.yaml \
         --config configs/serve/cpu-score-only.yaml --write docs/serving.md
 
 Workload: HotpotQA questions, each with its own 10 candidate passages (~1.3K prompt tokens),
@@ -29,25 +29,23 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))   # `python bench/rerank_throughput.py`
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))   # `python bench/serve/rerank_throughput.py`
 
 from bench.report import git_commit, machine, now  # noqa: E402
-from qrhead_vllm.datasets import HOTPOTQA  # noqa: E402
-from qrhead_vllm.serve.testing import hotpotqa_examples  # noqa: E402
+from qrhead_vllm.datasets import load_hotpotqa  # noqa: E402
 
 START, END = "<!-- bench:rerank_throughput:start -->", "<!-- bench:rerank_throughput:end -->"
 
 
-def workload(n: int, docs_per_request: int, path: Path = HOTPOTQA) -> list[dict]:
-    examples, tag = hotpotqa_examples(path), uuid.uuid4().hex[:8]   # default: the shared data
+def workload(n: int, docs_per_request: int, path: Path | None = None) -> list[dict]:
+    examples, tag = load_hotpotqa(path), uuid.uuid4().hex[:8]   # default: the shared data
     out = []
     for i in range(n):
         ex = examples[i % len(examples)]
-        docs = [{"title": d["title"], "text": d["text"]} for d in ex["documents"]]
-        docs = docs[:docs_per_request]
+        docs = [{"title": d.title, "text": d.text} for d in ex.documents[:docs_per_request]]
         docs[0] = {**docs[0], "text": f"(ref {tag}-{i}) {docs[0]['text']}"}
-        out.append({"query": ex["question"], "documents": docs, "top_n": 3,
+        out.append({"query": ex.query, "documents": docs, "top_n": 3,
                     "return_documents": False})
     return out
 
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", type=Path, help="put the results block into this markdown file")
     args = p.parse_args(argv)
     facts = {"date": now(), "machine": machine(), "commit": git_commit(),
-             "command": f"`python bench/rerank_throughput.py {shlex.join(argv)}`"}
+             "command": f"`python bench/serve/rerank_throughput.py {shlex.join(argv)}`"}
     blocks, failed = [], False
     for config in (args.config or [None]) if args.start else [None]:
         model, rows = run_config(args, config)
@@ -152,7 +150,7 @@ def run_config(args, config: Path | None) -> tuple[str, list[dict]]:
     if args.start:
         from qrhead_vllm.serve.builder import DEFAULT_CONFIG, load_config
         from qrhead_vllm.serve.launch import start_local
-        from qrhead_vllm.serve.testing import free_port
+        from qrhead_vllm.serve.launch import free_port
         started = load_config({"config": str(config or DEFAULT_CONFIG), "http.port": free_port()})
         url = start_local(started)
     try:

@@ -1,15 +1,15 @@
-"""Capture overhead on SGLang, measured like bench/speed.py measures it on vLLM: the same
+"""Capture overhead on SGLang, measured like bench/speed/speed.py measures it on vLLM: the same
 prompts prefilled by ordinary requests (``plain``: the hook installed, nothing to capture) and
 by scoring requests (``capture``), side by side on one engine, repeated with the variant order
-rotating, reported as medians of paired ratios (bench/speed_timing.py). The radix cache is
+rotating, reported as medians of paired ratios (bench/speed/timing.py). The radix cache is
 flushed before every timed call and every call is asserted to have had no cache hit.
 
-    .venv-sglang/bin/python bench/speed_sglang.py                       # ~15-25 min on 2 cores
-    .venv-sglang/bin/python bench/speed_sglang.py --quick --out /tmp/s  # a smoke run
+    .venv-sglang/bin/python bench/speed/speed_sglang.py                       # ~15-25 min on 2 cores
+    .venv-sglang/bin/python bench/speed/speed_sglang.py --quick --out /tmp/s  # a smoke run
 
 Writes ``<out>/speed_sglang.md``. On a CPU-only box SGLang needs the import-time stand-ins of
-tests/sglang/stubs (no CPU build of sgl_kernel on PyPI): they are put on the path here, and the
-run fails if any of them was called. The capture's own time comes from each result's
+tests/sglang/stubs (no CPU build of sgl_kernel on PyPI): source scripts/sglang_cpu_env.sh first;
+the run fails if any of them was called. The capture's own time comes from each result's
 ``capture_s`` (the scheduler runs in its own process, out of reach of an in-process timer).
 """
 
@@ -22,12 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))                                   # `python bench/speed_sglang.py`
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))                                   # `python bench/speed/speed_sglang.py`
 
-from bench import speed_report                                  # noqa: E402
-from bench.speed_prompts import hotpot_items, length_item       # noqa: E402
-from bench.speed_timing import interleave, load_average         # noqa: E402
+from bench.speed import report as speed_report                                  # noqa: E402
+from bench.speed.prompts import hotpot_items, length_item       # noqa: E402
+from bench.speed.timing import interleave, load_average         # noqa: E402
 
 QUICK = {"queries": 1, "reps": 2, "overhead_long": 0}
 
@@ -52,15 +52,18 @@ def parse_args(argv):
     return args
 
 
-def use_cpu_standins() -> Path:
-    """The test environment's stand-ins for sgl_kernel/torchvision, in this and child processes."""
-    stubs = ROOT / "tests" / "sglang" / "stubs"
-    sys.path.insert(0, str(stubs))
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(stubs), os.environ.get("PYTHONPATH", "")])
-    os.environ.setdefault("SGLANG_USE_CPU_ENGINE", "1")
-    log = Path(f"/tmp/qrhead-standin-bench-{os.getpid()}.jsonl")
-    os.environ["QRHEAD_STANDIN_LOG"] = str(log)
-    return log
+def standin_log() -> Path | None:
+    """The stand-ins' call log on a CPU-only box, where SGLang imports only with them on the
+    path: ``. scripts/sglang_cpu_env.sh`` sets both up (None on a GPU box)."""
+    if _has_cuda():
+        return None
+    try:
+        import sglang  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(f"SGLang does not import on this CPU box ({e}): run "
+                         "`. scripts/sglang_cpu_env.sh` first (the CPU stand-ins)") from None
+    log = os.environ.get("QRHEAD_STANDIN_LOG")
+    return Path(log) if log else None
 
 
 def variants(backend):
@@ -126,13 +129,13 @@ def write(args, command, facts, timings, out: Path) -> Path:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    log = use_cpu_standins() if not _has_cuda() else None
-    from qrhead_vllm.datasets import HOTPOTQA, load_hotpotqa
+    log = standin_log()
+    from qrhead_vllm.datasets import load_hotpotqa
     from qrhead_vllm.ranker import QRHeadRanker
     import sglang
     facts = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
              "machine": speed_report.machine(), "command": " ".join(
-                 ["python bench/speed_sglang.py"] + ([shlex.join(argv)] if argv else [])),
+                 ["python bench/speed/speed_sglang.py"] + ([shlex.join(argv)] if argv else [])),
              "versions": f"sglang {sglang.__version__}, {speed_report.versions()}",
              "load average at start": f"{load_average():.1f}"}
     start = time.perf_counter()
@@ -141,7 +144,7 @@ def main(argv=None) -> None:
     facts["engine start"] = f"{time.perf_counter() - start:.0f} s"
     facts["heads"] = f"{ranker.heads.name if ranker.heads else 'all'} ({len(ranker.head_pairs)})"
     try:
-        examples = load_hotpotqa(HOTPOTQA)
+        examples = load_hotpotqa()
         items = hotpot_items(ranker, examples, args.queries)
         if args.overhead_long:
             items.append(length_item(ranker, examples, args.overhead_long, start=40))

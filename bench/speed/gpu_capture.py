@@ -1,8 +1,8 @@
 """Capture maths vs the reference's per-layer recompute, on model-shaped random layers
 (issue 6, item 3). Needs torch only (plus the torch-only ``qrhead_vllm/core``), no vLLM.
 
-    python bench/gpu_capture.py                              # GPU: 8B and 70B shapes, 32K-128K
-    python bench/gpu_capture.py --device cpu --tokens 4096   # small CPU run (smoke / local)
+    python bench/speed/gpu_capture.py                              # GPU: 8B and 70B shapes, 32K-128K
+    python bench/speed/gpu_capture.py --device cpu --tokens 4096   # small CPU run (smoke / local)
 
 *Ours* is what the vLLM hook does per forward: for each layer holding selected heads, gather that
 layer's keys from a paged cache through a (shuffled) block table, compute the selected heads'
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_core():

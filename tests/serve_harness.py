@@ -1,4 +1,4 @@
-"""Running the real app for tests and benchmarks: a config on a free port, rerank cases from
+"""Running the real app for the tests (not part of the wheel): a config on a free port, rerank cases from
 labelled records, and offline reference scores computed in a child process.
 
 The test suite's session-scoped ``serve_app`` fixture (tests/conftest.py) uses these: it computes
@@ -9,7 +9,6 @@ before the app starts, so only one engine is alive at a time, then starts Ray an
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,14 +18,9 @@ from typing import Any
 
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.builder import DEFAULT_CONFIG
+from qrhead_vllm.serve.launch import free_port
 
 TEST_HEADS = "default"      # the shipped smollm2-135m-hotpotqa config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def app_config(**overrides: Any) -> QRHeadServeConfig:

@@ -1,0 +1,1 @@
+"""The Serve app under load: rerank throughput."""

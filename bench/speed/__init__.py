@@ -1,0 +1,1 @@
+"""Speed and memory: capture overhead on vLLM and SGLang, the reference baseline, bf16."""

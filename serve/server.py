@@ -1,0 +1,64 @@
+"""What every engine server of the app shares: the retriever role behind typed handle methods.
+
+One server class per engine (``serve/vllm_server.py``, ``serve/sglang_server.py``; the engine
+registry, :mod:`qrhead_vllm.engines`, names which), in the shape of Ray Serve LLM's
+``LLMServer`` / ``SGLangServer``: an async constructor that starts the engine in the replica's
+event loop, ``check_health`` for Serve's probe, and plain async methods the ingress calls
+through its handle (``handle.rerank.remote(req)``). Failures cross the handle as exceptions
+(``APIError`` or a ``QRHeadError``, both picklable); the ingress maps them to HTTP in one place
+(``serve/ingress.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+from qrhead_vllm.models import BUNDLED
+from qrhead_vllm.serve.args import EngineConfig, RetrieverConfig
+from qrhead_vllm.serve.errors import APIError
+from qrhead_vllm.serve.rerank import RerankRequest
+
+
+def served_names(cfg: EngineConfig, model_id: str) -> list[str]:
+    """Names clients may use: configured ones, else the model id (+ the bundled short name)."""
+    if cfg.served_model_name:
+        return list(cfg.served_model_name)
+    return [model_id] + ([cfg.model] if cfg.model in BUNDLED and cfg.model != model_id else [])
+
+
+def check_roles(cfg: EngineConfig, roles: tuple[str, ...]) -> None:
+    if "retriever" in roles and not isinstance(cfg, RetrieverConfig):
+        raise TypeError("the retriever role needs a RetrieverConfig")
+
+
+class RetrieverMixin:
+    """The retriever role of an engine server: ``rerank`` and ``retrieve`` over the server's
+    scoring backend (``self.retriever`` is None when the server plays the generator only)."""
+
+    retriever = None
+
+    def start_retriever(self, cfg: RetrieverConfig, backend, names: list[str]) -> None:
+        from qrhead_vllm.serve.retriever import Retriever
+        self.retriever = Retriever(cfg, backend, names)
+
+    async def rerank(self, req: RerankRequest) -> dict[str, Any]:
+        """One validated ``/v1/rerank`` request → its response body."""
+        return await self._retriever().rerank(req)
+
+    async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
+                       rescore_candidates: int, heads: str | None = None,
+                       calibrate: bool | None = None) -> dict[str, Any]:
+        """The retrieval half of ``/v1/answer``: the best ``top_k`` passages, cited."""
+        return await self._retriever().retrieve(question, passages, top_k, rescore_candidates,
+                                                heads, calibrate)
+
+    def _retriever(self):
+        if self.retriever is None:
+            raise APIError(404, "this engine has no retriever role")
+        return self.retriever
+
+
+async def no_generator(path: str, why: str) -> AsyncIterator[dict[str, Any] | bytes]:
+    """The ``openai`` stream of a server without the generator role: a 404 saying why."""
+    raise APIError(404, f"{path} is served by the generator; this engine only scores{why}")
+    yield b""  # pragma: no cover  (makes this an async generator, like the real one)
