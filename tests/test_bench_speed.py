@@ -76,7 +76,7 @@ def prompt_ranker(bundled_model_path):
     cfg = AutoConfig.from_pretrained(path)
     backend = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(path), hf_config=cfg,
                               facts=ModelFacts.from_hf_config(cfg, "smollm2"),
-                              max_model_len=8192, close=lambda: None)
+                              max_model_len=8192, last_layer=None, close=lambda: None)
     return QRHeadRanker("smollm2-135m", backend=backend)
 
 

@@ -31,3 +31,21 @@ def test_every_source_package_is_listed_for_the_wheel():
                  ["tool"]["setuptools"]["packages"])
     assert not _source_packages() - listed, "add these to [tool.setuptools] packages"
     assert not listed - _source_packages(), "listed packages with no source folder"
+
+
+def test_engine_names_live_in_the_registry_only():
+    """Choices, Literals and dispatch derive from qrhead_vllm/engines.py: no other module of the
+    package compares against an engine name or lists them (docstrings and comments may name
+    them; version checks name their distributions)."""
+    import re
+    from qrhead_vllm.engines import ENGINE_NAMES
+    allowed = {"qrhead_vllm/engines.py", "qrhead_vllm/integration/vllm/version.py",
+               "qrhead_vllm/integration/sglang/version.py"}
+    names = "|".join(ENGINE_NAMES)
+    choice = re.compile(rf'''(==|!=|\bin\b|choices=|Literal\[)\s*\(?\s*["']({names})["']''')
+    found = []
+    for path in list((REPO / "qrhead_vllm").rglob("*.py")) + list((REPO / "serve").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        if rel not in allowed and choice.search(path.read_text()):
+            found.append(rel)
+    assert not found, f"derive these engine choices from qrhead_vllm.engines: {found}"

@@ -60,6 +60,8 @@ def test_wheel_installs_only_our_namespace(wheel):
                      "qrhead_vllm/configs/heads/smollm2-135m-hotpotqa.yaml"):
         assert expected in names, expected
     assert not [n for n in names if n.endswith(".png")], "heat maps stay in the repository"
+    harness = [n for n in names if "testing" in n or "harness" in n or "/stubs/" in n]
+    assert not harness, f"test harnesses stay in tests/: {harness}"
 
 
 def test_core_imports_with_torch_alone(venv, wheel, tmp_path):
