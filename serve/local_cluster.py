@@ -38,6 +38,12 @@ from pathlib import Path
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+# Ray's memory monitor reads the whole machine's memory: on a box shared with other clusters
+# it kills our workers (the Serve controller first seen) for memory that others hold. The
+# kernel's OOM killer still guards the machine.
+NODE_ENV = {"RAY_memory_monitor_refresh_ms": "0"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,7 +161,7 @@ class LocalCluster:
         temp_dir = self.root / f"{spec.name}-{int(time.time() * 1000) % 10**6}"
         temp_dir.mkdir()
         http_port = self.http_port if head else free_port()
-        env = {**os.environ, **self.env}
+        env = {**os.environ, **self.env, **NODE_ENV}
         env.pop("RAY_ADDRESS")           # `ray start` takes the address as a flag
         if not head:
             env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(http_port)
@@ -236,6 +242,26 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def deploy(cluster: LocalCluster, cfg, proxy_location: str = "EveryNode",
+           timeout_s: float = 900) -> dict[str, str]:
+    """Deploy the app on the cluster (this process must be :meth:`LocalCluster.connect`-ed);
+    returns ``{node name: base URL through that node's proxy}`` once every proxy answers."""
+    from ray import serve
+
+    from qrhead_vllm.serve.builder import build_qrhead_app
+    from qrhead_vllm.serve.launch import wait_healthy
+
+    serve.start(proxy_location=proxy_location,
+                http_options={"host": cfg.http.host, "port": cluster.http_port})
+    serve.run(build_qrhead_app(cfg), name=cfg.app_name, route_prefix=cfg.http.route_prefix,
+              blocking=False)
+    prefix = cfg.http.route_prefix.rstrip("/")
+    urls = {name: cluster.proxy_url(name) + prefix for name in cluster.nodes}
+    for url in urls.values():
+        wait_healthy(url, timeout_s)
+    return urls
 
 
 _ALIVE_SCRIPT = """

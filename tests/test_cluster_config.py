@@ -23,7 +23,8 @@ def test_cpu_cluster_config_has_the_gpu_cluster_shape():
                                                 "http"}
     strip = lambda http: {k: v for k, v in http.items() if k != "ingress"}  # noqa: E731
     assert strip(c["args"]["http"]) == strip(g["args"]["http"])
-    assert c["args"]["http"]["ingress"]["num_replicas"] == 2   # an ingress per node
+    ingress = c["args"]["http"]["ingress"]
+    assert (ingress["num_replicas"], ingress["max_replicas_per_node"]) == (2, 1)  # one per node
 
 
 def test_cpu_cluster_config_pins_each_engine_to_its_node():
