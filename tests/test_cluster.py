@@ -34,14 +34,15 @@ def serve_config():
 
 @pytest.fixture(scope="module")
 def reference(serve_config):
-    """Cases and their offline scores, computed before the cluster starts (one engine at a time)."""
+    """Cases and their offline scores, computed in a child process before the app starts (one
+    engine at a time)."""
     from qrhead_vllm.serve.testing import hotpotqa_examples, offline_reference, reference_cases
     cases = reference_cases(hotpotqa_examples(HOTPOTQA_EVAL))
     return cases, offline_reference(serve_config, cases)
 
 
 @pytest.fixture(scope="module")
-def cluster(reference):
+def cluster():
     import ray
     assert not ray.is_initialized(), "another test left Ray initialised in this process"
     with LocalCluster([NodeSpec("node_a"), NodeSpec("node_b")]) as c:
@@ -68,7 +69,7 @@ def replica_nodes(cluster: LocalCluster) -> dict[str, list[str]]:
 
 class TestServeAcrossNodes:
     @pytest.fixture(scope="class")
-    def app(self, cluster, serve_config):
+    def app(self, cluster, serve_config, reference):
         from ray import serve
 
         proxy_location = yaml.safe_load(CONFIG.read_text())["proxy_location"]
@@ -115,17 +116,32 @@ def detect_job(tmp, name: str):
                         progress=False)
 
 
+def watch(cluster: LocalCluster, also=None):
+    """An ``on_records`` hook that notes each node's processes while the actors live (they are
+    killed when the job ends); ``also`` runs after it."""
+    seen: dict[str, set[int]] = {}
+
+    def hook(done: int, actors: list) -> None:
+        for name in list(cluster.nodes):
+            seen.setdefault(name, set()).update(cluster.node_pids(name))
+        if also is not None:
+            also(done, actors)
+    return hook, seen
+
+
 class TestDetectionAcrossNodes:
     @pytest.fixture(scope="class")
     def baseline(self, cluster, tmp_path_factory):
         from qrhead_vllm.detect import run_detection
         tmp = tmp_path_factory.mktemp("detect")
-        return run_detection(detect_job(tmp, "plain"))
+        hook, seen = watch(cluster)
+        return run_detection(detect_job(tmp, "plain"), on_records=hook), seen
 
-    def test_uninterrupted_run_uses_both_nodes(self, baseline, cluster):
-        pids = {r["pid"] for r in baseline.records}
-        assert len(baseline.records) == N and baseline.computed == N
-        assert pids & cluster.node_pids("node_a") and pids & cluster.node_pids("node_b")
+    def test_uninterrupted_run_uses_both_nodes(self, baseline):
+        run, seen = baseline
+        pids = {r["pid"] for r in run.records}
+        assert len(run.records) == N and run.computed == N
+        assert pids & seen["node_a"] and pids & seen["node_b"], (pids, seen)
 
     def test_worker_node_killed_mid_detection(self, baseline, cluster, tmp_path):
         from qrhead_vllm.detect import run_detection
@@ -133,21 +149,23 @@ class TestDetectionAcrossNodes:
 
         cfg = detect_job(tmp_path, "node-killed")
         ckpt = tmp_path / "node-killed" / "records.jsonl"
-        b_pids = cluster.node_pids("node_b")
         killed_after: list[int] = []
 
         def kill_node_b(done: int, actors: list) -> None:
             # Once node B's actor has checkpointed a record it is busy with its next one.
             pids = [json.loads(line)["pid"] for line in ckpt.read_text().splitlines()]
-            if not killed_after and b_pids & set(pids):
+            if not killed_after and seen["node_b"] & set(pids):
                 killed_after.append(len(pids))
                 cluster.kill_node("node_b")
 
-        run = run_detection(cfg, on_records=kill_node_b)
+        hook, seen = watch(cluster, kill_node_b)
+        run = run_detection(cfg, on_records=hook)
         assert killed_after and killed_after[0] < N, "node B was never killed mid-job"
         assert "node_b" not in cluster.alive_nodes()
         order = [json.loads(line)["pid"] for line in ckpt.read_text().splitlines()]
-        a_pids = cluster.node_pids("node_a")
-        assert set(order[killed_after[0]:]) <= a_pids, "after the kill only node A scores"
+        # After the kill only node A scores; at most one answer of B's (the example it was
+        # finishing as it died) can still be on its way to the driver.
+        late = [pid for pid in order[killed_after[0]:] if pid not in seen["node_a"]]
+        assert len(late) <= 1 and set(late) <= seen["node_b"], (order, killed_after, seen)
         assert run.computed == N and len(run.records) == N
-        same_heads(run.head_config, baseline.head_config)
+        same_heads(run.head_config, baseline[0].head_config)
