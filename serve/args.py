@@ -39,6 +39,9 @@ class DeploymentOptions(_Config):
         description="Ray actor options of each replica (num_cpus, num_gpus, runtime_env, ...). "
                     "Never ask for more CPUs than the cluster has: vLLM's own CPU threads are "
                     "pinned by VLLM_CPU_OMP_THREADS_BIND, not by this reservation.")
+    max_replicas_per_node: int | None = Field(
+        None, gt=0, description="At most N replicas of this deployment on one node (1, with "
+                                "num_replicas = the node count: one per node).")
     placement_group_bundles: list[dict[str, float]] | None = Field(
         None, description="Bundles of the replica's placement group, e.g. one CPU bundle plus "
                           "8 GPU bundles for tensor_parallel_size=8 with the Ray executor.")

@@ -78,6 +78,10 @@ class DetectConfig(BaseModel):
         1, gt=0, description="Examples per actor call (checkpoint granularity).")
     max_restarts: int = Field(
         2, ge=0, description="Restarts of a lost actor (and retries of its calls).")
+    placement: Literal["default", "spread"] = Field(
+        "default", description="Where Ray puts the actors: 'default' (Ray's policy, the "
+                               "driver's node first) or 'spread' (one per node where it can, so "
+                               "a lost node takes one actor, restarted on a surviving node).")
     ray_address: str | None = Field(
         None, description="Ray cluster address; default: RAY_ADDRESS, else a local cluster.")
 

@@ -99,6 +99,7 @@ class ActorPool:
         self._make = lambda: ray.remote(DetectWorker).options(
             num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor,
             max_restarts=cfg.max_restarts, max_task_retries=cfg.max_restarts,
+            scheduling_strategy=cfg.placement.upper(),     # Ray's names: DEFAULT, SPREAD
         ).remote(settings)
         self.actors = [self._make() for _ in range(cfg.num_actors)]
         self.replacements_left = cfg.max_restarts

@@ -1,0 +1,217 @@
+"""A worker node holding a replica killed while serving (issue 20): requests through the other
+node's proxy, before, during and after the fault.
+
+    python bench/serve/cluster_faults.py                       # print the table
+    python bench/serve/cluster_faults.py --json out.json       # and keep the raw figures
+
+A two-node Ray cluster on this machine (qrhead_vllm.serve.local_cluster) runs
+configs/serve/cluster-cpu.yaml: the retriever on node A (the head), the generator on node B, a
+proxy and an ingress replica on each. Open-loop streams through node A's proxy: reranks
+(served on A) and short chats (served on B). After ``--before`` seconds every process of node
+B gets SIGKILL at once; unless ``--no-replace``, a fresh node with B's resources joins right
+away (what an autoscaler does), so Serve can reschedule the generator and B's ingress replica.
+
+Per stream: requests sent, failed (by status), recovery time (from the kill to the first
+request after which every request succeeded) and p50/p99 latency before the kill and after it.
+A response body that names a Ray class (ActorDiedError, ...) is counted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))   # `python bench/serve/cluster_faults.py`
+
+from bench.report import git_commit, machine, now  # noqa: E402
+from qrhead_vllm import configs  # noqa: E402
+from qrhead_vllm.serve.testing import hotpotqa_examples  # noqa: E402
+
+CONFIG = configs.path("serve", "cluster-cpu.yaml")
+EVAL = ROOT / "tests" / "data" / "hotpotqa-eval-10.jsonl"
+RAY_NAMES = ("ActorDiedError", "RayActorError", "RayTaskError", "ActorUnavailableError",
+             "ray.exceptions", "RaySystemError")
+
+
+@dataclass
+class Sent:
+    t: float                    # send time, seconds after the stream began
+    status: int                 # 0: no HTTP answer (connection error, client timeout)
+    latency: float
+    ray_internals: bool = False
+
+
+@dataclass
+class Stream:
+    name: str
+    path: str
+    bodies: list[dict]
+    rate: float                 # requests per second, open loop
+    sent: list[Sent] = field(default_factory=list)
+
+
+def streams(rate: float, chat_rate: float, docs_per_request: int) -> list[Stream]:
+    docs = [{"query": ex["question"], "top_n": 3, "return_documents": False,
+             "documents": [{"title": d["title"], "text": d["text"]}
+                           for d in ex["documents"][:docs_per_request]]}
+            for ex in hotpotqa_examples(EVAL)]
+    chat = [{"model": "smollm2-135m", "max_tokens": 8, "temperature": 0,
+             "messages": [{"role": "user", "content": f"Name a colour. ({i})"}]}
+            for i in range(16)]
+    return [Stream("rerank (retriever on A)", "/v1/rerank", docs, rate),
+            Stream("chat (generator on B)", "/v1/chat/completions", chat, chat_rate)]
+
+
+async def one(http: httpx.AsyncClient, s: Stream, body: dict, t0: float) -> None:
+    start = time.monotonic()
+    try:
+        r = await http.post(s.path, json=body)
+        status, text = r.status_code, r.text
+    except httpx.HTTPError as e:
+        status, text = 0, repr(e)
+    s.sent.append(Sent(start - t0, status, time.monotonic() - start,
+                       status != 200 and any(n in text for n in RAY_NAMES)))
+
+
+async def drive(url: str, ss: list[Stream], duration: float, t0: float,
+                timeout: float) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
+        tasks = []
+
+        async def pace(s: Stream) -> None:
+            i = 0
+            while time.monotonic() - t0 < duration:
+                tasks.append(asyncio.create_task(one(http, s, s.bodies[i % len(s.bodies)], t0)))
+                i += 1
+                await asyncio.sleep(1 / s.rate)
+
+        await asyncio.gather(*(pace(s) for s in ss))
+        await asyncio.gather(*tasks)
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
+
+
+def summary(s: Stream, t_kill: float) -> dict:
+    sent = sorted(s.sent, key=lambda x: x.t)
+    failed = [x for x in sent if x.status != 200]
+    after = [x for x in sent if x.t >= t_kill]
+    last_bad = max((x.t for x in after if x.status != 200), default=None)
+    recovered = [x.t for x in after if last_bad is not None and x.t > last_bad]
+    if last_bad is None:
+        recovery = 0.0
+    elif recovered:
+        recovery = recovered[0] - t_kill
+    else:
+        recovery = None                           # never recovered within the run
+    codes: dict[str, int] = {}
+    for x in failed:
+        codes[str(x.status or "no answer")] = codes.get(str(x.status or "no answer"), 0) + 1
+    ok_lat = lambda xs: [x.latency for x in xs if x.status == 200]  # noqa: E731
+    before = [x for x in sent if x.t < t_kill]
+    return {"stream": s.name, "sent": len(sent), "failed": len(failed), "codes": codes,
+            "ray_internals": sum(x.ray_internals for x in sent), "recovery_s": recovery,
+            "p50_before": pct(ok_lat(before), 0.5), "p99_before": pct(ok_lat(before), 0.99),
+            "p50_after": pct(ok_lat(after), 0.5), "p99_after": pct(ok_lat(after), 0.99)}
+
+
+def fmt(x: float | None, unit: str = " s") -> str:
+    return "never" if x is None else f"{x:.1f}{unit}"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| stream (through node A's proxy) | sent | failed (status: n) | bodies naming Ray "
+             "| recovery after the kill | p50 / p99 before | p50 / p99 after |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        codes = ", ".join(f"{k}: {v}" for k, v in sorted(r["codes"].items())) or "-"
+        lines.append(f"| {r['stream']} | {r['sent']} | {r['failed']} ({codes}) | "
+                     f"{r['ray_internals']} | {fmt(r['recovery_s'])} | "
+                     f"{fmt(r['p50_before'])} / {fmt(r['p99_before'])} | "
+                     f"{fmt(r['p50_after'])} / {fmt(r['p99_after'])} |")
+    return "\n".join(lines)
+
+
+def run(args) -> tuple[list[dict], dict]:
+    from ray import serve
+
+    from qrhead_vllm.serve.args import QRHeadServeConfig
+    from qrhead_vllm.serve.local_cluster import LocalCluster, NodeSpec, deploy
+
+    cfg = QRHeadServeConfig.from_yaml(CONFIG, **{"http.host": "127.0.0.1"})
+    node_b = NodeSpec("node_b")
+    with LocalCluster([NodeSpec("node_a"), node_b]) as cluster:
+        cluster.connect(log_to_driver=False)
+        try:
+            t = time.monotonic()
+            url = deploy(cluster, cfg)["node_a"]
+            deploy_s = time.monotonic() - t
+            ss = streams(args.rate, args.chat_rate, args.docs)
+            for s in ss:                                   # first-request costs out
+                httpx.post(url + s.path, json=s.bodies[0], timeout=600).raise_for_status()
+            events: dict[str, float] = {}
+            t0 = time.monotonic()
+
+            def fault() -> None:
+                time.sleep(args.before)
+                events["kill"] = time.monotonic() - t0
+                cluster.kill_node("node_b")
+                if args.replace:
+                    cluster.start_node(node_b)
+                    events["replacement_joined"] = time.monotonic() - t0
+
+            killer = threading.Thread(target=fault)
+            killer.start()
+            asyncio.run(drive(url, ss, args.before + args.after, t0, args.timeout))
+            killer.join()
+            rows = [summary(s, events["kill"]) for s in ss]
+            facts = {"deploy_s": deploy_s, **events}
+            return rows, facts
+        finally:
+            serve.shutdown()
+            cluster.disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rate", type=float, default=2, help="reranks per second")
+    p.add_argument("--chat-rate", type=float, default=0.5, help="chats per second")
+    p.add_argument("--docs", type=int, default=10, help="HotpotQA passages per rerank (max 10)")
+    p.add_argument("--before", type=float, default=20, help="seconds of traffic before the kill")
+    p.add_argument("--after", type=float, default=150, help="seconds of traffic after it")
+    p.add_argument("--timeout", type=float, default=120, help="client timeout per request")
+    p.add_argument("--no-replace", dest="replace", action="store_false",
+                   help="no replacement node: B's replicas stay down")
+    p.add_argument("--note", default="", help="a label for the figures (e.g. the box's load)")
+    p.add_argument("--json", type=Path, help="also write the rows and events as JSON here")
+    args = p.parse_args(argv)
+    rows, facts = run(args)
+    head = (f"- date: {now()}; machine: {machine()}; commit: {git_commit()}\n"
+            f"- command: `python bench/serve/cluster_faults.py {shlex.join(argv)}`\n"
+            f"- node B killed (SIGKILL, all its processes) at {facts['kill']:.1f} s"
+            + (f"; replacement node joined at {facts['replacement_joined']:.1f} s"
+               if "replacement_joined" in facts else "; no replacement node")
+            + f"; app deployed in {facts['deploy_s']:.0f} s"
+            + (f"\n- {args.note}" if args.note else ""))
+    block = f"{head}\n\n{table(rows)}"
+    print(block)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "events": facts, "head": head}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

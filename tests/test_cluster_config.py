@@ -1,0 +1,35 @@
+"""configs/serve/cluster-cpu.yaml is configs/serve/cluster.yaml with CPU resources and small
+models: same builder, proxies on every node, same front door, the two engines pinned to
+different nodes (tests/test_cluster.py deploys it on a real two-node cluster)."""
+
+from __future__ import annotations
+
+import yaml
+
+from qrhead_vllm import configs
+from qrhead_vllm.serve.args import QRHeadServeConfig
+
+GPU, CPU = configs.path("serve", "cluster.yaml"), configs.path("serve", "cluster-cpu.yaml")
+
+
+def test_cpu_cluster_config_has_the_gpu_cluster_shape():
+    gpu, cpu = (yaml.safe_load(p.read_text()) for p in (GPU, CPU))
+    assert cpu["proxy_location"] == gpu["proxy_location"] == "EveryNode"
+    assert cpu["http_options"] == gpu["http_options"]
+    (g,), (c,) = gpu["applications"], cpu["applications"]
+    assert c["import_path"] == g["import_path"] == "qrhead_vllm.serve.builder:build_qrhead_app"
+    assert (c["name"], c["route_prefix"]) == (g["name"], g["route_prefix"])
+    assert set(c["args"]) == set(g["args"]) == {"app_name", "retriever", "generator", "rag",
+                                                "http"}
+    strip = lambda http: {k: v for k, v in http.items() if k != "ingress"}  # noqa: E731
+    assert strip(c["args"]["http"]) == strip(g["args"]["http"])
+    ingress = c["args"]["http"]["ingress"]
+    assert (ingress["num_replicas"], ingress["max_replicas_per_node"]) == (2, 1)  # one per node
+
+
+def test_cpu_cluster_config_pins_each_engine_to_its_node():
+    cfg = QRHeadServeConfig.from_yaml(CPU)
+    resources = lambda e: e.deployment.ray_actor_options["resources"]  # noqa: E731
+    assert set(resources(cfg.retriever)) == {"node_a"}
+    assert set(resources(cfg.generator)) == {"node_b"}
+    assert cfg.retriever.dtype == "float32" and not cfg.shared_engine
