@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, help="retriever context window")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster "
                                                      "(default: all of this machine)")
-    parser.add_argument("--address", help="join this Ray cluster instead of starting one")
+    parser.add_argument("--address", help="join this Ray cluster (host:port, ray://host:port "
+                        "or auto) instead of starting a fresh local one; an address that does "
+                        "not answer within 15 s is an error")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -50,6 +52,7 @@ def _interrupt(signum, frame):
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from qrhead_vllm.ray_cluster import ClusterUnreachableError
     from qrhead_vllm.serve.builder import DEFAULT_CONFIG, load_config
     from qrhead_vllm.serve.launch import start_local, stop_local
 
@@ -73,5 +76,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("qrhead serve: stopping", file=sys.stderr)
         return 0
+    except ClusterUnreachableError as e:
+        print(f"qrhead serve: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
     finally:
         stop_local()
