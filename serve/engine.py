@@ -23,6 +23,7 @@ from qrhead_vllm.models import BUNDLED, resolve_model
 from qrhead_vllm.serve.args import EngineConfig, RetrieverConfig
 from qrhead_vllm.serve.errors import APIError, to_api_error
 from qrhead_vllm.serve.generator import build_openai_app, call_asgi, vllm_args
+from qrhead_vllm.serve.health import ScoringProbe
 from qrhead_vllm.serve.rerank import RerankRequest
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class QRHeadEngine:
         resolved = resolve_model(cfg.model)
         self.names = served_names(cfg, resolved.model_id)
         self.engine = self.sglang = None
+        self.probe = ScoringProbe()      # check_health scores when no request did lately
         if cfg.engine == "sglang":
             await self._init_sglang(cfg, resolved)
             return
@@ -132,16 +134,21 @@ class QRHeadEngine:
         if self.retriever is None:
             return APIError(404, "this engine has no retriever role")
         try:
-            return await getattr(self.retriever, method)(*args, **kwargs)
+            result = await getattr(self.retriever, method)(*args, **kwargs)
         except (APIError, QRHeadError) as e:
             return to_api_error(e)
+        self.probe.scored()
+        return result
 
     async def check_health(self) -> None:
-        """Serve's health probe: an engine whose core died makes the replica restart."""
+        """Serve's health probe (and the ingress's /health): an engine whose core died, or a
+        retriever that cannot score a tiny request (serve/health.py), fails it."""
         if self.sglang is not None:
             await self.sglang.stats_async()      # a round trip to the scheduler
-            return
-        await self.engine.check_health()
+        else:
+            await self.engine.check_health()
+        if self.retriever is not None:
+            await self.probe.check(self.retriever.rerank)
 
     def __del__(self):
         engine = getattr(self, "engine", None)
