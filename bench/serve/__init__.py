@@ -1,0 +1,1 @@
+"""Benches of the running Serve app (load, faults)."""
