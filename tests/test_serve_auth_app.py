@@ -21,17 +21,14 @@ DOCS = ["Paris is the capital of France.", "Pasta is Italian food.",
 def auth_url(serve_app, tmp_path_factory):
     from ray import serve
 
-    from qrhead_vllm.serve.ingress import QRHeadIngress
+    from qrhead_vllm.serve.testing import deploy_extra_ingress
 
     key_file = tmp_path_factory.mktemp("keys") / "api-keys"
     key_file.write_text(KEY + "\n")
     cfg = serve_app.config.model_copy(deep=True)
     cfg.http.api_key_file = str(key_file)
-    engine = serve.get_deployment_handle("engine", app_name=cfg.app_name)
-    serve.run(QRHeadIngress.bind(engine, engine, cfg), name="qrhead-auth",
-              route_prefix="/auth")
-    yield f"{serve_app.url}/auth"
-    serve.delete("qrhead-auth")
+    yield deploy_extra_ingress(serve_app, "auth", cfg)
+    serve.delete("auth")
 
 
 def test_openai_sdk_needs_the_key(auth_url):

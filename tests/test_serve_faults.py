@@ -51,6 +51,37 @@ async def stream_with_kill(url: str, body: dict, kill) -> list[httpx.Response]:
         return await asyncio.gather(*tasks)
 
 
+def test_redeploy_drains_the_requests_in_flight(serve_app):
+    """The ingress replica is replaced (a new config) while reranks pass through it: the old
+    one finishes them before it stops (graceful_shutdown_timeout_s), none is lost."""
+    from ray import serve
+
+    from qrhead_vllm.serve.testing import deploy_extra_ingress
+
+    cfg = serve_app.config.model_copy(deep=True)
+    url = deploy_extra_ingress(serve_app, "drain", cfg)
+    case = serve_app.cases[1]
+    body = {"model": "smollm2-135m", "query": case["query"], "documents": case["documents"]}
+
+    async def swap_during_requests():
+        async with httpx.AsyncClient(timeout=600) as client:
+            tasks = [asyncio.create_task(send(client, url, body)) for _ in range(16)]
+            await asyncio.sleep(0.5)
+            cfg.http.max_request_bytes += 1          # a new config: a new ingress replica
+            await asyncio.to_thread(deploy_extra_ingress, serve_app, "drain", cfg)
+            in_flight = sum(not t.done() for t in tasks)
+            return await asyncio.gather(*tasks), in_flight
+
+    try:
+        responses, in_flight = asyncio.run(swap_during_requests())
+    finally:
+        serve.delete("drain")
+    print(f"{in_flight} of {len(responses)} requests were in flight when the new replica "
+          "took over")
+    assert [r.status_code for r in responses] == [200] * len(responses), \
+        [r.text for r in responses if r.status_code != 200]
+
+
 def test_replica_killed_during_reranks_gives_no_500_and_no_ray_names(serve_app):
     pid = engine_replica_pid(serve_app.config.app_name)
     children = psutil.Process(pid).children(recursive=True)    # vLLM's engine core

@@ -78,7 +78,9 @@ class DetectConfig(BaseModel):
     max_restarts: int = Field(
         2, ge=0, description="Restarts of a lost actor (and retries of its calls).")
     ray_address: str | None = Field(
-        None, description="Ray cluster address; default: RAY_ADDRESS, else a local cluster.")
+        None, description="Ray cluster address; default: RAY_ADDRESS, else a fresh local "
+                          "cluster (never the one Ray last recorded); an address that does not "
+                          "answer within 15 s is an error.")
 
     # --- outputs ----------------------------------------------------------------------------
     output: str = Field(description="Where to write the HeadConfig (.yaml or .json).")
