@@ -100,3 +100,13 @@ def deploy_extra_ingress(app: RunningApp, name: str, cfg: QRHeadServeConfig) -> 
     ingress = QRHeadIngress.options(**cfg.http.ingress.serve_options())
     serve.run(ingress.bind(engine, engine, cfg), name=name, route_prefix=f"/{name}")
     return f"{app.url}/{name}"
+
+
+def engine_replica_pids(app_name: str, deployment: str = "engine") -> list[int]:
+    """Process ids of the live replicas of a deployment of this process's Ray cluster (from
+    the GCS actor table: the state API needs the dashboard, which the launcher leaves off)."""
+    from ray._private.state import actors
+
+    cls = f"ServeReplica:{app_name}:{deployment}"
+    return [a["Pid"] for a in actors().values()
+            if a["ActorClassName"] == cls and a["State"] == "ALIVE"]

@@ -9,7 +9,7 @@ Workload: bench/rerank_throughput.py's (HotpotQA questions with their own passag
 tag per request so no prompt is served from the prefix cache). Load: each level is a fixed
 number of requests drained by N closed-loop clients; over the engine's queue bound the app
 answers 503 + Retry-After at once, counted, not retried. Kill: reranks sent at a fixed rate;
-the engine replica's process (found through Ray's state API: the bench must reach the
+the engine replica's process (found in the GCS actor table: the bench must reach the
 cluster, as it does with --start) gets SIGKILL after the first seconds. Reported: requests
 sent, lost (any non-200), time from the kill until the first request sent after it succeeds,
 p99 latency of the requests sent around the fault.
@@ -95,12 +95,16 @@ async def kill_run(http: httpx.AsyncClient, requests: list[dict], rate: float,
             "p99_s": percentile(lat, 0.99), "max_s": lat[-1]}
 
 
+ORPHANS: list = []      # the killed replica's engine processes, reaped when the bench ends
+
+
 def kill_engine_replica(app_name: str) -> int:
     """SIGKILL the (first) engine replica's process; returns its pid."""
-    from ray.util.state import list_actors
-    alive = list_actors(filters=[("class_name", "=", f"ServeReplica:{app_name}:engine"),
-                                 ("state", "=", "ALIVE")])
-    pid = alive[0].pid
+    import psutil
+
+    from qrhead_vllm.serve.testing import engine_replica_pids
+    pid = engine_replica_pids(app_name)[0]
+    ORPHANS.extend(psutil.Process(pid).children(recursive=True))
     os.kill(pid, signal.SIGKILL)
     return pid
 
@@ -175,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         if started:
             from qrhead_vllm.serve.launch import stop_local
             stop_local()
+        for child in ORPHANS:
+            if child.is_running():
+                child.kill()
     facts = {"date": now(), "machine": machine(), "commit": git_commit(),
              "command": f"`python bench/serve/load.py {shlex.join(argv)}`"}
     print(json.dumps(out), file=sys.stderr)
