@@ -133,11 +133,14 @@ class QRHeadEngine:
         a traceback per bad request; real failures still raise (and are logged)."""
         if self.retriever is None:
             return APIError(404, "this engine has no retriever role")
+        self.probe.started()
+        ok = False
         try:
-            result = await getattr(self.retriever, method)(*args, **kwargs)
+            result, ok = await getattr(self.retriever, method)(*args, **kwargs), True
         except (APIError, QRHeadError) as e:
             return to_api_error(e)
-        self.probe.scored()
+        finally:
+            self.probe.finished(ok)
         return result
 
     async def check_health(self) -> None:

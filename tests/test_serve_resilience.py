@@ -176,8 +176,10 @@ def test_scoring_probe_runs_only_when_no_request_scored_lately():
     probe = ScoringProbe(interval_s=30, clock=clock)
     asyncio.run(probe.check(score))
     asyncio.run(probe.check(score))                 # just proven: no second probe
+    clock.now = 28
+    probe.started()
     clock.now = 29
-    probe.scored()                                  # a real request scored
+    probe.finished(ok=True)                         # a real request scored
     clock.now = 58
     asyncio.run(probe.check(score))
     assert len(calls) == 1 and len(calls[0].documents) == 2
@@ -198,3 +200,25 @@ def test_scoring_probe_fails_when_the_engine_cannot_score(answer, words):
 
     with pytest.raises(EngineCannotScore, match=words):
         asyncio.run(ScoringProbe(timeout_s=0.2).check(score))
+
+
+def test_scoring_probe_waits_on_a_busy_engine_until_it_looks_stuck():
+    """Requests in flight: no probe (it would queue behind them); only none finishing for
+    stuck_after_s fails the check."""
+    clock, calls = Clock(), []
+
+    async def score(req):
+        calls.append(req)
+        return {"results": [{"index": 0}, {"index": 1}]}
+
+    probe = ScoringProbe(interval_s=30, stuck_after_s=300, clock=clock)
+    probe.started()
+    clock.now = 299
+    asyncio.run(probe.check(score))
+    assert calls == []
+    clock.now = 301
+    with pytest.raises(EngineCannotScore, match="none finished"):
+        asyncio.run(probe.check(score))
+    probe.finished(ok=False)                        # the engine is idle again: probe it
+    asyncio.run(probe.check(score))
+    assert len(calls) == 1
