@@ -12,6 +12,8 @@ wins over the environment, and the environment wins over the built-in default.
                                 shipped configs
 ``QRHEAD_DATA_DIR``             the shared evaluation data for benches (default ``../shared/data``
                                 beside a checkout)
+``QRHEAD_API_KEY``              the key clients of the Serve app must send
+                                (``Authorization: Bearer <key>``); unset: no key needed
 ``QRHEAD_SKIP_VERSION_CHECK``   ``1``: load the nearest patch module on an unsupported engine
                                 version (at your own risk)
 ==============================  =================================================================
@@ -44,6 +46,12 @@ def plugin_enabled() -> bool:
 def skip_version_check() -> bool:
     """QRHEAD_SKIP_VERSION_CHECK=1: load the nearest patch module on an unsupported version."""
     return _flag("QRHEAD_SKIP_VERSION_CHECK")
+
+
+def api_key() -> str | None:
+    """QRHEAD_API_KEY: the Serve app's API key (read in the ingress replica), or None."""
+    value = os.environ.get("QRHEAD_API_KEY", "").strip()
+    return value or None
 
 
 def config_dir() -> Path | None:

@@ -34,6 +34,10 @@ class DeploymentOptions(_Config):
     max_ongoing_requests: int = Field(
         256, gt=0, description="Concurrent requests per replica; vLLM batches them, so keep it "
                                "high (Serve's default of 5 would queue rerank bursts).")
+    max_queued_requests: int = Field(
+        128, ge=-1, description="Requests that may wait for a busy replica (counted at each "
+                                "caller); one more gets 503 with Retry-After at once instead of "
+                                "waiting without limit. -1: no bound (Serve's default).")
     ray_actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 1},
         description="Ray actor options of each replica (num_cpus, num_gpus, runtime_env, ...). "
@@ -48,7 +52,17 @@ class DeploymentOptions(_Config):
     placement_group_strategy: str | None = Field(
         None, description="PACK, STRICT_PACK (one node, what TP wants), SPREAD, ...")
     graceful_shutdown_timeout_s: float = Field(
-        30, gt=0, description="Time a replica gets to shut its engine down cleanly.")
+        30, gt=0, description="Time a stopping replica gets to finish the requests in flight "
+                              "before it is killed.")
+    graceful_shutdown_wait_loop_s: float = Field(
+        1, gt=0, description="How often a stopping replica checks whether its requests in "
+                             "flight are done.")
+    health_check_period_s: float = Field(
+        10, gt=0, description="How often Serve calls the replica's check_health (an engine "
+                              "deployment scores a tiny request, at most once per period).")
+    health_check_timeout_s: float = Field(
+        30, gt=0, description="A health check slower than this counts as failed; the replica "
+                              "is restarted.")
 
     def serve_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options`` (unset placement fields left out)."""
@@ -190,6 +204,14 @@ class HTTPConfig(_Config):
     route_prefix: str = Field("/", description="Route prefix of the application.")
     max_request_bytes: int = Field(
         16 * 2**20, gt=0, description="Larger request bodies get 413 before any parsing.")
+    api_key_file: str | None = Field(
+        None, description="File with the API keys clients must send (Authorization: Bearer "
+                          "<key>), one per line, read by each ingress replica; with "
+                          "QRHEAD_API_KEY, the only places keys come from (never this YAML). "
+                          "No key anywhere: every route is open.")
+    metrics_needs_key: bool = Field(
+        True, description="/metrics asks for a key too (Prometheus can send one: "
+                          "authorization.credentials); false: open, like /health.")
     ingress: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(ray_actor_options={"num_cpus": 0}),
         description="The ingress only parses and routes; it reserves no CPU by default.")

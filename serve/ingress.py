@@ -4,7 +4,8 @@ Routes:
 
 * ``POST /v1/rerank``, ``/rerank``, ``/v2/rerank`` → the retriever (serve/rerank.py format);
 * ``POST /v1/answer`` → retriever, then generator (serve/answer.py);
-* ``GET /health`` → 200 once the app is up;
+* ``GET /health`` → 200 when the retriever can score (serve/health.py), else 503; the one route
+  open without an API key (serve/auth.py);
 * ``GET /metrics`` → the cluster's Prometheus metrics: Ray Serve's, vLLM's and QRHead's
   (serve/metrics.py);
 * anything else (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/tokenize``,
@@ -26,10 +27,12 @@ from ray import serve
 from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body,
                                      parse_answer, passages_event, request_passages)
 from qrhead_vllm.serve.args import QRHeadServeConfig
+from qrhead_vllm.serve.auth import install_auth
 from qrhead_vllm.serve.errors import (BodySizeLimit, check_json_depth, install_handlers,
-                                     parse_json_body, to_api_error)
+                                     parse_json_body)
 from qrhead_vllm.serve.metrics import CONTENT_TYPE, cluster_metrics
 from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, RerankRequest, parse_rerank
+from qrhead_vllm.serve.resilience import call_engine, engine_error, unhealthy
 
 RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
 PROXY_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
@@ -38,7 +41,8 @@ SKIP_REQUEST_HEADERS = {"host", "content-length", "transfer-encoding", "connecti
 
 class Upstream:
     """Typed calls into the engine servers (serve/server.py); every failure becomes an APIError
-    in :meth:`call`, the one place that maps them."""
+    in :meth:`call`, the one place that maps them (a lost or full engine: a 503 with
+    Retry-After, see serve/resilience.py)."""
 
     def __init__(self, generator, retriever):
         self.generator, self.retriever = generator, retriever
@@ -54,12 +58,17 @@ class Upstream:
 
     @staticmethod
     async def call(remote, *args) -> Any:
-        """Await one handle call; what it raises (a client mistake, or a failure behind the
-        handle, wrapped by Ray) leaves as the APIError :func:`to_api_error` maps it to."""
+        """Await one handle call. Scoring is idempotent, so a call that lost its replica is
+        sent once more; whatever it raises (a client mistake, or a failure behind the handle,
+        wrapped by Ray) leaves as the APIError serve/resilience.py maps it to."""
+        return await call_engine("retriever", lambda: remote(*args), idempotent=True)
+
+    async def health(self) -> None:
+        """The retriever's check_health (a scoring probe at most every 30 s); 503 if it fails."""
         try:
-            return await remote(*args)
-        except Exception as e:
-            raise to_api_error(e) from None
+            await self.retriever.check_health.remote()
+        except Exception as e:                  # noqa: BLE001 - every failure is "unhealthy"
+            raise unhealthy("retriever", e) from None
 
     async def open(self, method: str, path: str, query: str, headers: list[tuple[str, str]],
                    body: bytes) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
@@ -70,7 +79,7 @@ class Upstream:
             start = await stream.__anext__()
         except Exception as e:
             stream.cancel()
-            raise to_api_error(e) from None
+            raise engine_error("generator", e) from None
         return start, _drain(stream)
 
 
@@ -96,9 +105,13 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
     app = FastAPI(title="qrhead-vllm", docs_url=None, redoc_url=None)
     install_handlers(app)
     app.add_middleware(BodySizeLimit, limit=cfg.http.max_request_bytes)
+    # Added last = outermost: the key is checked from the headers before any body is read.
+    install_auth(app, cfg.http.api_key_file, cfg.http.metrics_needs_key,
+                 public=cfg.http.host in ("0.0.0.0", "::"))
 
     @app.get("/health")
     async def health() -> dict[str, str]:
+        await upstream.health()         # 503 unless the retriever can score (serve/health.py)
         return {"status": "ok"}
 
     @app.get("/metrics")

@@ -8,10 +8,10 @@ engine replica and 0 for the ingress, so the app fits; vLLM's compute threads ar
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 
+from qrhead_vllm.ray_cluster import init_ray
 from qrhead_vllm.serve.args import QRHeadServeConfig
 
 logger = logging.getLogger(__name__)
@@ -32,19 +32,11 @@ def app_url(cfg: QRHeadServeConfig) -> str:
 def start_local(cfg: QRHeadServeConfig, num_cpus: int | None = None,
                 address: str | None = None, timeout_s: float = 900) -> str:
     """Start (or join) Ray, deploy the app, wait until it answers; returns its base URL."""
-    import ray
     from ray import serve
 
     from qrhead_vllm.serve.builder import build_qrhead_app
 
-    if not ray.is_initialized():
-        if address is None:
-            # Ray starts workers at niceness 15; the engine is a child of its replica, so on a
-            # busy machine vLLM would lose the CPU to everything else. A local cluster we start
-            # ourselves serves at normal priority (RAY_worker_niceness overrides).
-            os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(address=address, num_cpus=None if address else (num_cpus or os.cpu_count()),
-                 include_dashboard=False)
+    init_ray(address, num_cpus)   # no address: a fresh local cluster, never the last one
     serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
     serve.run(build_qrhead_app(cfg), name=cfg.app_name, route_prefix=cfg.http.route_prefix,
               blocking=False)
@@ -73,6 +65,8 @@ def stop_local() -> None:
     import ray
     from ray import serve
 
+    if not ray.is_initialized():    # never connected (e.g. an unreachable --address): serve
+        return                      # .shutdown() would auto-connect to the last recorded cluster
     try:
         serve.shutdown()
     finally:

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator
 from qrhead_vllm.models import BUNDLED
 from qrhead_vllm.serve.args import EngineConfig, RetrieverConfig
 from qrhead_vllm.serve.errors import APIError
+from qrhead_vllm.serve.health import ScoringProbe
 from qrhead_vllm.serve.rerank import RerankRequest
 
 
@@ -33,24 +34,42 @@ def check_roles(cfg: EngineConfig, roles: tuple[str, ...]) -> None:
 
 class RetrieverMixin:
     """The retriever role of an engine server: ``rerank`` and ``retrieve`` over the server's
-    scoring backend (``self.retriever`` is None when the server plays the generator only)."""
+    scoring backend (``self.retriever`` is None when the server plays the generator only).
+    Every request it scores is also the proof its health check needs (serve/health.py)."""
 
     retriever = None
+    probe: ScoringProbe | None = None
 
     def start_retriever(self, cfg: RetrieverConfig, backend, names: list[str]) -> None:
         from qrhead_vllm.serve.retriever import Retriever
         self.retriever = Retriever(cfg, backend, names)
+        self.probe = ScoringProbe()      # check_health scores when no request did lately
 
     async def rerank(self, req: RerankRequest) -> dict[str, Any]:
         """One validated ``/v1/rerank`` request → its response body."""
-        return await self._retriever().rerank(req)
+        return await self._scored(self._retriever().rerank, req)
 
     async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
                        rescore_candidates: int, heads: str | None = None,
                        calibrate: bool | None = None) -> dict[str, Any]:
         """The retrieval half of ``/v1/answer``: the best ``top_k`` passages, cited."""
-        return await self._retriever().retrieve(question, passages, top_k, rescore_candidates,
-                                                heads, calibrate)
+        return await self._scored(self._retriever().retrieve, question, passages, top_k,
+                                  rescore_candidates, heads, calibrate)
+
+    async def check_retriever(self) -> None:
+        """Raise unless the retriever can score (a rate-limited tiny request, see
+        serve/health.py); a server without the retriever role has nothing to prove."""
+        if self.retriever is not None:
+            await self.probe.check(self.retriever.rerank)
+
+    async def _scored(self, score, *args) -> dict[str, Any]:
+        self.probe.started()
+        ok = False
+        try:
+            result, ok = await score(*args), True
+        finally:
+            self.probe.finished(ok)
+        return result
 
     def _retriever(self):
         if self.retriever is None:

@@ -75,8 +75,10 @@ class SGLangServer(RetrieverMixin):
             yield item
 
     async def check_health(self) -> None:
-        """Serve's health probe: a round trip to the scheduler."""
+        """Serve's health probe (and the ingress's /health): a round trip to the scheduler,
+        then a retriever that cannot score a tiny request makes the replica restart."""
         await self.backend.stats_async()
+        await self.check_retriever()
 
     def __del__(self):
         backend, self.backend = self.backend, None

@@ -87,8 +87,10 @@ class VLLMServer(RetrieverMixin):
             yield item
 
     async def check_health(self) -> None:
-        """Serve's health probe: an engine whose core died makes the replica restart."""
+        """Serve's health probe (and the ingress's /health): an engine whose core died, or a
+        retriever that cannot score a tiny request, makes the replica restart."""
         await self.engine.check_health()
+        await self.check_retriever()
 
     def __del__(self):
         engine, self.engine = self.engine, None

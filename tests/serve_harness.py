@@ -80,3 +80,17 @@ class RunningApp:
     config: QRHeadServeConfig
     cases: list[dict[str, Any]]
     reference: list[dict[int, float]]
+
+
+def deploy_extra_ingress(app: RunningApp, name: str, cfg: QRHeadServeConfig) -> str:
+    """A second Serve application at ``/<name>``: only an ingress with ``cfg`` (e.g. API keys),
+    bound by handle to ``app``'s engine, so tests vary the ingress without a second engine.
+    Returns its base URL; ``serve.delete(name)`` removes it."""
+    from ray import serve
+
+    from qrhead_vllm.serve.ingress import QRHeadIngress
+
+    engine = serve.get_deployment_handle("engine", app_name=app.config.app_name)
+    ingress = QRHeadIngress.options(**cfg.http.ingress.serve_options())
+    serve.run(ingress.bind(engine, engine, cfg), name=name, route_prefix=f"/{name}")
+    return f"{app.url}/{name}"

@@ -1,4 +1,4 @@
-"""A real two-node Ray cluster on this machine (serve/local_cluster.py): ``ray start --head``
+"""A real two-node Ray cluster on this machine (bench/serve/local_cluster.py): ``ray start --head``
 with ``{"node_a": 1}`` and ``ray start --address=...`` with ``{"node_b": 1}``, one CPU each.
 
 Serve: configs/serve/cluster-cpu.yaml as shipped (the retriever pinned to node A, the generator
@@ -18,7 +18,7 @@ import yaml
 
 from conftest import HOTPOTQA_DETECT, HOTPOTQA_EVAL
 from qrhead_vllm import configs
-from qrhead_vllm.serve.local_cluster import LocalCluster, NodeSpec, deploy
+from bench.serve.local_cluster import LocalCluster, NodeSpec, deploy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 CONFIG = configs.path("serve", "cluster-cpu.yaml")
@@ -29,14 +29,15 @@ N = 6                                      # detection examples
 @pytest.fixture(scope="module")
 def serve_config():
     from qrhead_vllm.serve.args import QRHeadServeConfig
-    return QRHeadServeConfig.from_yaml(CONFIG, **{"http.host": "127.0.0.1"})
+    return QRHeadServeConfig.from_yaml(CONFIG, **{"http.host": "127.0.0.1",
+                                                  "http.api_key_file": None})  # keys: test_serve_auth*
 
 
 @pytest.fixture(scope="module")
 def reference(serve_config):
     """Cases and their offline scores, computed in a child process before the app starts (one
     engine at a time)."""
-    from qrhead_vllm.serve.testing import hotpotqa_examples, offline_reference, reference_cases
+    from tests.serve_harness import hotpotqa_examples, offline_reference, reference_cases
     cases = reference_cases(hotpotqa_examples(HOTPOTQA_EVAL))
     return cases, offline_reference(serve_config, cases)
 

@@ -151,6 +151,9 @@ class FakeUpstream:
         self.calls.append(("retrieve", args))
         return {"passages": [{"rank": 1, "text": "P", "index": 0}], "retrieval": {}}
 
+    async def health(self):
+        pass
+
     async def open(self, method, path, query, headers, body):
         async def chunks():
             yield b'{"model": "m", "choices": [{"message": {"content": "A"}}], "usage": {}}'

@@ -1,1 +1,1 @@
-"""The Serve app under load: rerank throughput."""
+"""Benches of the running Serve app: rerank throughput, load curve, faults."""

@@ -4,7 +4,7 @@ node's proxy, before, during and after the fault.
     python bench/serve/cluster_faults.py                       # print the table
     python bench/serve/cluster_faults.py --json out.json       # and keep the raw figures
 
-A two-node Ray cluster on this machine (qrhead_vllm.serve.local_cluster) runs
+A two-node Ray cluster on this machine (bench/serve/local_cluster.py) runs
 configs/serve/cluster-cpu.yaml: the retriever on node A (the head), the generator on node B, a
 proxy and an ingress replica on each. Open-loop streams through node A's proxy: reranks
 (served on A) and short chats (served on B). After ``--before`` seconds every process of node
@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))   # `python bench/serve/cluster_faults.py`
 
 from bench.report import git_commit, machine, now  # noqa: E402
 from qrhead_vllm import configs  # noqa: E402
-from qrhead_vllm.serve.testing import hotpotqa_examples  # noqa: E402
 
 CONFIG = configs.path("serve", "cluster-cpu.yaml")
 EVAL = ROOT / "tests" / "data" / "hotpotqa-eval-10.jsonl"
@@ -64,7 +63,7 @@ def streams(rate: float, chat_rate: float, docs_per_request: int) -> list[Stream
     docs = [{"query": ex["question"], "top_n": 3, "return_documents": False,
              "documents": [{"title": d["title"], "text": d["text"]}
                            for d in ex["documents"][:docs_per_request]]}
-            for ex in hotpotqa_examples(EVAL)]
+            for ex in map(json.loads, EVAL.read_text().splitlines())]
     chat = [{"model": "smollm2-135m", "max_tokens": 8, "temperature": 0,
              "messages": [{"role": "user", "content": f"Name a colour. ({i})"}]}
             for i in range(16)]
@@ -148,9 +147,9 @@ def run(args) -> tuple[list[dict], dict]:
     from ray import serve
 
     from qrhead_vllm.serve.args import QRHeadServeConfig
-    from qrhead_vllm.serve.local_cluster import LocalCluster, NodeSpec, deploy
+    from bench.serve.local_cluster import LocalCluster, NodeSpec, deploy
 
-    cfg = QRHeadServeConfig.from_yaml(CONFIG, **{"http.host": "127.0.0.1"})
+    cfg = QRHeadServeConfig.from_yaml(CONFIG, **{"http.host": "127.0.0.1", "http.api_key_file": None})
     node_b = NodeSpec("node_b")
     with LocalCluster([NodeSpec("node_a"), node_b]) as cluster:
         cluster.connect(log_to_driver=False)

@@ -9,6 +9,7 @@ running cluster instead, pass ``--address`` (or use ``serve run`` / ``serve depl
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -33,13 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, help="retriever context window")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster "
                                                      "(default: all of this machine)")
-    parser.add_argument("--address", help="join this Ray cluster instead of starting one")
+    parser.add_argument("--api-key-file", help="file of API keys clients must send as "
+                        "'Authorization: Bearer <key>', one per line (or set QRHEAD_API_KEY; "
+                        "neither: no key needed)")
+    parser.add_argument("--address", help="join this Ray cluster (host:port, ray://host:port "
+                        "or auto) instead of starting a fresh local one; an address that does "
+                        "not answer within 15 s is an error")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
     pairs = {"http.host": args.host, "http.port": args.port, "retriever.model": args.model,
              "retriever.heads": args.heads, "retriever.dtype": args.dtype,
-             "retriever.max_model_len": args.max_model_len}
+             "retriever.max_model_len": args.max_model_len,
+             # absolute: the ingress replica reads it from another working directory
+             "http.api_key_file": args.api_key_file and os.path.abspath(args.api_key_file)}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
@@ -50,6 +58,7 @@ def _interrupt(signum, frame):
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from qrhead_vllm.ray_cluster import ClusterUnreachableError
     from qrhead_vllm.serve.builder import DEFAULT_CONFIG, load_config
     from qrhead_vllm.serve.launch import start_local, stop_local
 
@@ -73,5 +82,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("qrhead serve: stopping", file=sys.stderr)
         return 0
+    except ClusterUnreachableError as e:
+        print(f"qrhead serve: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
     finally:
         stop_local()

@@ -83,7 +83,9 @@ class DetectConfig(BaseModel):
                                "driver's node first) or 'spread' (one per node where it can, so "
                                "a lost node takes one actor, restarted on a surviving node).")
     ray_address: str | None = Field(
-        None, description="Ray cluster address; default: RAY_ADDRESS, else a local cluster.")
+        None, description="Ray cluster address; default: RAY_ADDRESS, else a fresh local "
+                          "cluster (never the one Ray last recorded); an address that does not "
+                          "answer within 15 s is an error.")
 
     # --- outputs ----------------------------------------------------------------------------
     output: str = Field(description="Where to write the HeadConfig (.yaml or .json).")

@@ -73,20 +73,11 @@ def select_examples(cfg: DetectConfig) -> tuple[list[Example], dict[str, str]]:
 
 
 def ensure_ray(address: str | None) -> None:
-    """Connect to ``address`` / RAY_ADDRESS, else start a local cluster (once per process)."""
-    import ray
+    """Connect to ``address`` / RAY_ADDRESS, else start a fresh local cluster (once per
+    process; see qrhead_vllm.ray_cluster)."""
+    from qrhead_vllm.ray_cluster import init_ray
 
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        # Ray starts workers at niceness 15: on a shared machine the actors then get a few
-        # percent of a core (measured: 5 % each under load 20). A local cluster we start
-        # ourselves scores at normal priority, as the Serve launcher does (env overrides).
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(include_dashboard=False, log_to_driver=True)
+    init_ray(address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
 
 class ActorPool:
