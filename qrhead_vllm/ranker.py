@@ -17,6 +17,7 @@ from qrhead_vllm.core import (Passage, beyond_last_layer, build_scoring_prompts,
 from qrhead_vllm.core.prompt import NULL_QUERY
 from qrhead_vllm.errors import ContextOverflowError, HeadConfigError, InvalidInputError
 from qrhead_vllm.heads import HeadConfig, ModelFacts
+from qrhead_vllm.dtypes import resolve_dtype
 from qrhead_vllm.head_registry import resolve_heads
 from qrhead_vllm.models import DEFAULT_MODEL, prompt_template, resolve_model
 from qrhead_vllm.results import Document, DocId, RankedResults, prep_docs, ranked
@@ -27,6 +28,7 @@ BACKENDS = ("transformers", "vllm", "sglang")
 
 def make_backend(backend: str, model: str, dtype: str, **engine_kwargs) -> ScoringBackend:
     """Build a scoring backend by name (engine modules are imported only when asked for)."""
+    dtype = resolve_dtype(dtype, engine_kwargs.get("device"))
     resolved = resolve_model(model)
     if backend == "transformers":
         from qrhead_vllm.backends.transformers_backend import TransformersBackend
@@ -64,6 +66,8 @@ class QRHeadRanker:
             or a list of ``(layer, head)``; None picks the shipped default for ``model``.
         backend: ``"transformers"`` (reference port), ``"vllm"`` or ``"sglang"`` (engine
             hooks), or a ready :class:`ScoringBackend`.
+        dtype: ``"auto"`` (default: bf16 on CPUs with native bf16, fp32 on other CPUs, the
+            engine's choice on GPU; :mod:`qrhead_vllm.dtypes`), or an explicit dtype.
         calibrate: subtract the null-query ("N/A") attention (spec §2.2); on by default.
         prompt_family: override the chat markers (``llama3``, ``qwen2``, ``chatml``, ``gemma3``).
         max_words: truncate each document to this many words (the reference's BEIR setting).
@@ -86,7 +90,7 @@ class QRHeadRanker:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, heads: Any = None,
-                 backend: str | ScoringBackend = "transformers", *, dtype: str = "float32",
+                 backend: str | ScoringBackend = "transformers", *, dtype: str = "auto",
                  calibrate: bool = True, prompt_family: str | None = None,
                  max_words: int | None = None, null_query: str = NULL_QUERY,
                  reverse_order: bool = True, window: WindowConfig | None = WindowConfig(),

@@ -19,6 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from qrhead_vllm.dtypes import resolve_dtype
+
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -62,8 +64,10 @@ class EngineConfig(_Config):
     served_model_name: list[str] | None = Field(
         None, description="Names clients may put in 'model'; default: the model id and, for a "
                           "bundled model, its short name too.")
-    dtype: str = Field("float32", description="Engine dtype: float32 (rerank scores identical to "
-                                              "the offline path), bfloat16 or float16.")
+    dtype: str = Field("auto", description="Engine dtype: auto (bfloat16 on CPUs with native "
+                                           "bf16, float32 on other CPUs, the engine's choice on "
+                                           "GPU: qrhead_vllm.dtypes; shown by /health), "
+                                           "float32, bfloat16 or float16.")
     max_model_len: int | None = Field(
         4096, gt=0, description="Context window; the retriever scores longer inputs in windows.")
     tensor_parallel_size: int = Field(1, gt=0, description="Tensor-parallel GPUs (vLLM arg).")
@@ -92,7 +96,7 @@ class EngineConfig(_Config):
 
     def vllm_overrides(self) -> dict[str, Any]:
         """Engine arguments this config sets explicitly (None means: vLLM's/our default)."""
-        named = {"dtype": self.dtype, "max_model_len": self.max_model_len,
+        named = {"dtype": resolve_dtype(self.dtype), "max_model_len": self.max_model_len,
                  "tensor_parallel_size": self.tensor_parallel_size,
                  "pipeline_parallel_size": self.pipeline_parallel_size,
                  "gpu_memory_utilization": self.gpu_memory_utilization,
@@ -102,7 +106,7 @@ class EngineConfig(_Config):
     def sglang_overrides(self) -> dict[str, Any]:
         """The same settings under SGLang's ServerArgs names (enforce_eager has no equivalent:
         scoring engines always prefill eagerly)."""
-        named = {"dtype": self.dtype, "context_length": self.max_model_len,
+        named = {"dtype": resolve_dtype(self.dtype), "context_length": self.max_model_len,
                  "tp_size": self.tensor_parallel_size, "pp_size": self.pipeline_parallel_size,
                  "mem_fraction_static": self.gpu_memory_utilization}
         return {**{k: v for k, v in named.items() if v is not None}, **self.engine_args}

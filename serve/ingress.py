@@ -4,7 +4,7 @@ Routes:
 
 * ``POST /v1/rerank``, ``/rerank``, ``/v2/rerank`` → the retriever (serve/rerank.py format);
 * ``POST /v1/answer`` → retriever, then generator (serve/answer.py);
-* ``GET /health`` → 200 once the app is up;
+* ``GET /health`` → 200 once the app is up, with the retriever's dtype (``auto`` resolved);
 * ``GET /metrics`` → the cluster's Prometheus metrics: Ray Serve's, vLLM's and QRHead's
   (serve/metrics.py);
 * anything else (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/tokenize``,
@@ -25,6 +25,7 @@ from ray import serve
 
 from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body,
                                      parse_answer, passages_event, request_passages)
+from qrhead_vllm.dtypes import resolve_dtype
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.errors import (APIError, BodySizeLimit, check_json_depth,
                                      install_handlers, parse_json_body, to_api_error)
@@ -87,9 +88,11 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
     install_handlers(app)
     app.add_middleware(BodySizeLimit, limit=cfg.http.max_request_bytes)
 
+    dtype = resolve_dtype(cfg.retriever.dtype, log=False)
+
     @app.get("/health")
     async def health() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "dtype": dtype}
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -71,7 +71,7 @@ def serve_app():
     from qrhead_vllm.serve.testing import (RunningApp, app_config, offline_reference,
                                            reference_cases)
 
-    cfg = app_config()
+    cfg = app_config(**{"retriever.dtype": "float32"})  # HTTP == offline, exactly
     from qrhead_vllm.serve.testing import hotpotqa_examples
     cases = reference_cases(hotpotqa_examples(HOTPOTQA_EVAL))
     reference = offline_reference(cfg, cases)     # its engine exits before the app starts
