@@ -30,11 +30,6 @@ def test_a_missing_carrier_package_names_the_install_command():
         _gguf_file(spec)
 
 
-# Qwen2.5-Coder-1.5B-Instruct as its GGUF states it (issue 19): the shipped head config must be
-# made for exactly this shape, and the extra must pin exactly the parts the model is joined from.
-QWEN15 = {"num_layers": 28, "num_heads": 12, "num_kv_heads": 2, "head_dim": 128}
-
-
 def test_qwen15_is_22_pinned_and_hashed_part_packages():
     import tomllib
     from pathlib import Path
