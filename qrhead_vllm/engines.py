@@ -96,7 +96,9 @@ def engine(name: str) -> EngineSpec:
 
 def make_backend(name: str, model: str, dtype: str, **engine_kwargs) -> "ScoringBackend":
     """Start the scoring backend ``name`` on ``model`` (the engine is imported only now)."""
+    from qrhead_vllm.dtypes import resolve_dtype
     from qrhead_vllm.models import resolve_model
     spec = engine(name)
+    dtype = resolve_dtype(dtype, engine_kwargs.get("device"))   # "auto": per CPU / GPU
     resolved = resolve_model(model)
     return spec.backend_class()(resolved.path, resolved.model_id, dtype=dtype, **engine_kwargs)

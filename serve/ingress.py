@@ -4,8 +4,8 @@ Routes:
 
 * ``POST /v1/rerank``, ``/rerank``, ``/v2/rerank`` → the retriever (serve/rerank.py format);
 * ``POST /v1/answer`` → retriever, then generator (serve/answer.py);
-* ``GET /health`` → 200 when the retriever can score (serve/health.py), else 503; the one route
-  open without an API key (serve/auth.py);
+* ``GET /health`` → 200 when the retriever can score (serve/health.py), else 503, with the
+  retriever's dtype (``auto`` resolved); the one route open without an API key (serve/auth.py);
 * ``GET /metrics`` → the cluster's Prometheus metrics: Ray Serve's, vLLM's and QRHead's
   (serve/metrics.py);
 * anything else (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/tokenize``,
@@ -26,6 +26,7 @@ from ray import serve
 
 from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body,
                                      parse_answer, passages_event, request_passages)
+from qrhead_vllm.dtypes import resolve_dtype
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.auth import install_auth
 from qrhead_vllm.serve.errors import (BodySizeLimit, check_json_depth, install_handlers,
@@ -109,10 +110,12 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
     install_auth(app, cfg.http.api_key_file, cfg.http.metrics_needs_key,
                  public=cfg.http.host in ("0.0.0.0", "::"))
 
+    dtype = resolve_dtype(cfg.retriever.dtype, log=False)
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         await upstream.health()         # 503 unless the retriever can score (serve/health.py)
-        return {"status": "ok"}
+        return {"status": "ok", "dtype": dtype}
 
     @app.get("/metrics")
     async def prometheus() -> Response:

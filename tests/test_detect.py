@@ -33,7 +33,7 @@ def ray_local():
 def job(tmp_path, name: str, **kw) -> DetectConfig:
     return DetectConfig(data=str(HOTPOTQA_DETECT), split="all", limit=N, max_words=25, top_k=8,
                         output=str(tmp_path / f"{name}.yaml"), run_dir=str(tmp_path / name),
-                        progress=False, **kw)
+                        progress=False, **{"dtype": "float32", **kw})  # engines agree in fp32
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,7 @@ def test_cli_reduces_another_recipe_without_an_engine(baseline, capsys):
     out = tmp / "plain-ndcg.yaml"
     rc = main(["detect", "--data", str(HOTPOTQA_DETECT), "--split", "all", "--limit", str(N),
                "--max-words", "25", "--recipe", "ndcg", "--top-k", "8", "--no-progress",
+               "--dtype", "float32",
                "--run-dir", str(tmp / "plain"), "--output", str(out)])
     assert rc == 0 and "(0 computed, 4 from checkpoint)" in capsys.readouterr().out
     ndcg = HeadConfig.load(out)

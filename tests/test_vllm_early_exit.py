@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 LAST = 23
 # First and deepest allowed layer, all three KV groups of SmolLM2 (GQA 9 q / 3 kv heads).
 HEADS = [(0, 2), (3, 4), (9, 8), (14, 1), (17, 5), (LAST, 7)]
-ENGINE = dict(backend="vllm", max_model_len=4096, max_num_batched_tokens=512, max_num_seqs=16)
+ENGINE = dict(backend="vllm", max_model_len=4096, max_num_batched_tokens=512, max_num_seqs=16,
+              dtype="float32")   # the weight-byte counts below are fp32
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ def vllm_ranker():
     # A small token budget forces chunked prefill: every prompt (~1.3-1.6K tokens) is prefilled
     # in several steps, and the query span straddles a chunk boundary for some of them.
     ranker = QRHeadRanker("smollm2-135m", heads=HEADS, backend="vllm", max_model_len=4096,
-                          max_num_batched_tokens=512, max_num_seqs=16)
+                          max_num_batched_tokens=512, max_num_seqs=16,
+                          dtype="float32")      # equal to the fp32 port, whatever auto picks
     yield ranker
     ranker.close()
 

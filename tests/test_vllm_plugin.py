@@ -124,7 +124,7 @@ def test_unsupported_version_fails_at_startup():
         vllm.__version__ = "0.31.0"
         from qrhead_vllm import QRHeadRanker, EngineCompatibilityError
         try:
-            QRHeadRanker("smollm2-135m", heads="all", backend="vllm")
+            QRHeadRanker("smollm2-135m", heads="all", backend="vllm", dtype="float32")
         except EngineCompatibilityError as e:
             print("REFUSED:", e)
     """)
@@ -137,7 +137,9 @@ def _refusal_at_startup(setup: str) -> str:
     out = _run(textwrap.dedent(setup) + textwrap.dedent("""
         from qrhead_vllm import QRHeadRanker
         try:
-            QRHeadRanker("smollm2-135m", heads="all", backend="vllm", max_model_len=2048)
+            # fp32: ISA 'vec' on every x86 CPU (bf16 would pick 'amx' on AMX CPUs)
+            QRHeadRanker("smollm2-135m", heads="all", backend="vllm", max_model_len=2048,
+                         dtype="float32")
         except Exception as e:
             print("REFUSED:", type(e).__name__, e)
     """))

@@ -26,7 +26,7 @@ def test_cpu_thread_binding_splits_cores_per_rank():
 def test_tp2_equals_reference(gemma3_backend, hotpotqa_split, monkeypatch):
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     ranker = QRHeadRanker("gemma3-270m", heads=HEADS, backend="vllm", max_model_len=4096,
-                          tensor_parallel_size=2)
+                          tensor_parallel_size=2, dtype="float32")   # vs the fp32 port
     try:
         example = hotpotqa_split[1][0]
         _, req = ranker.prepare(example.query, list(example.documents))

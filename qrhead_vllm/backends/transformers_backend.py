@@ -78,7 +78,8 @@ class TransformersBackend(InThread):
                  device: str = "cpu", early_exit: bool = True):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), attn_implementation=ATTN_IMPL).to(device)
+            model_path, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+            attn_implementation=ATTN_IMPL).to(device)
         self.model.eval()
         self.device = device
         self.early_exit = early_exit

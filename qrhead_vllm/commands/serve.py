@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port (default from the config: 8000)")
     parser.add_argument("--model", help="retriever model: bundled name, HF dir or hub id")
     parser.add_argument("--heads", help="head set: default, all, a shipped name or a path")
-    parser.add_argument("--dtype", help="engine dtype (float32 keeps offline-equal scores)")
+    parser.add_argument("--dtype", help="engine dtype (default auto: bfloat16 on CPUs with "
+                        "native bf16, else float32)")
     parser.add_argument("--max-model-len", type=int, help="retriever context window")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray cluster "
                                                      "(default: all of this machine)")

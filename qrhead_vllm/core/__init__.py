@@ -1,6 +1,6 @@
 """Torch-only scoring core. Imports nothing from vllm, ray or transformers (a test enforces it)."""
 
-from qrhead_vllm.core.attention import gather_paged_keys, span_attention_rows
+from qrhead_vllm.core.attention import gather_paged_keys, paged_blocks, span_attention_rows
 from qrhead_vllm.core.capture import CaptureResult, LayerHeads, SpanCapture, layer_heads
 from qrhead_vllm.core.heads import (Head, LocalHead, beyond_last_layer, heads_by_layer,
                                     shard_heads)
@@ -10,8 +10,8 @@ from qrhead_vllm.core.prompt import (
 from qrhead_vllm.core.scoring import calibrate, doc_scores, score_documents
 
 __all__ = [
-    "gather_paged_keys", "span_attention_rows", "CaptureResult", "LayerHeads", "SpanCapture",
-    "layer_heads", "Head", "LocalHead", "beyond_last_layer", "heads_by_layer",
+    "gather_paged_keys", "paged_blocks", "span_attention_rows", "CaptureResult", "LayerHeads",
+    "SpanCapture", "layer_heads", "Head", "LocalHead", "beyond_last_layer", "heads_by_layer",
     "shard_heads", "TEMPLATES", "Passage", "PromptTemplate", "ScoringPrompt",
     "build_scoring_prompts", "truncate_words", "calibrate", "doc_scores", "score_documents",
 ]

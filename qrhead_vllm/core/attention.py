@@ -23,18 +23,35 @@ def gather_paged_keys(key_cache: torch.Tensor, block_table_row: torch.Tensor, se
     """Keys of positions ``0..seq_len-1`` of one sequence, from a paged cache.
 
     Args:
-        key_cache: ``[num_blocks, block_size, num_kv_heads, head_size]`` (may be a strided view).
+        key_cache: ``[num_blocks, block_size, num_kv_heads, head_size]`` (may be a strided view)
+            or the tiled form :func:`paged_blocks` reads.
         block_table_row: physical block ids of the sequence, in logical order.
         seq_len: number of tokens of the sequence present in the cache.
 
     Returns:
         ``[num_kv_heads, seq_len, head_size]``.
     """
-    block_size = key_cache.shape[1]
+    block_size = key_cache.shape[1] * (key_cache.shape[2] if key_cache.dim() == 6 else 1)
     num_blocks = -(-seq_len // block_size)
-    blocks = key_cache[block_table_row[:num_blocks].long()]        # [n, bs, Hkv, D]
-    keys = blocks.permute(2, 0, 1, 3).reshape(key_cache.shape[2], -1, key_cache.shape[3])
+    blocks = paged_blocks(key_cache, block_table_row[:num_blocks].long())   # [n, bs, Hkv, D]
+    keys = blocks.permute(2, 0, 1, 3).reshape(blocks.shape[2], -1, blocks.shape[3])
     return keys[:, :seq_len]
+
+
+def paged_blocks(key_cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
+    """Blocks ``block_ids`` of a paged key cache as ``[n, block_size, num_kv_heads, head_size]``.
+
+    ``key_cache`` is that shape (possibly strided), or the *tiled* form
+    ``[num_blocks, groups, group_tokens, num_kv_heads, head_size // pack, pack]`` of kernels
+    that store a block's tokens in groups and head dims packed into words (vLLM's CPU AMX
+    kernel): no strides express it as 4-d, so the gathered blocks are reshaped (one copy, as
+    the gather is anyway).
+    """
+    blocks = key_cache[block_ids]
+    if blocks.dim() == 6:
+        n, groups, tokens, hkv, words, pack = blocks.shape
+        blocks = blocks.reshape(n, groups * tokens, hkv, words * pack)
+    return blocks
 
 
 def span_attention_rows(query: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor,

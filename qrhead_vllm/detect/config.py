@@ -67,7 +67,9 @@ class DetectConfig(BaseModel):
     # --- engine and Ray ---------------------------------------------------------------------
     backend: EngineName = Field(
         DEFAULT_ENGINE, description="Scoring backend each actor holds (qrhead_vllm.engines).")
-    dtype: str = Field("float32", description="Model dtype (float32, bfloat16, float16).")
+    dtype: str = Field("auto", description="Model dtype: auto (bfloat16 on CPUs with native "
+                                           "bf16, float32 on other CPUs, the engine's choice on "
+                                           "GPU: qrhead_vllm.dtypes), float32, bfloat16, float16.")
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra backend arguments (JSON on the CLI).")
     num_actors: int = Field(1, gt=0, description="Ray actors, each holding one engine.")

@@ -49,7 +49,8 @@ def sglang_smollm2():
     from qrhead_vllm.ranker import QRHeadRanker
     from sglang_helpers import SMOLLM2_HEADS
     ranker = QRHeadRanker("smollm2-135m", heads=SMOLLM2_HEADS, backend="sglang",
-                          max_model_len=4096, chunked_prefill_size=512, max_running_requests=16)
+                          max_model_len=4096, chunked_prefill_size=512, max_running_requests=16,
+                          dtype="float32")
     yield ranker
     ranker.close()
 

@@ -28,7 +28,8 @@ CHUNK = 256
 @pytest.fixture(scope="module")
 def gemma_sglang():
     ranker = QRHeadRanker("gemma3-270m", heads=GEMMA3_HEADS, backend="sglang",
-                          max_model_len=4096, chunked_prefill_size=CHUNK, max_running_requests=8)
+                          max_model_len=4096, chunked_prefill_size=CHUNK, max_running_requests=8,
+                          dtype="float32")
     yield ranker
     ranker.close()
 

@@ -20,7 +20,8 @@ MODEL = "smollm2-135m"
 def sglang_app():
     from qrhead_vllm.serve.launch import start_local, stop_local
     from tests.serve_harness import app_config
-    cfg = app_config(**{"retriever.engine": "sglang", "retriever.kv_cache_sequences": 2})
+    cfg = app_config(**{"retriever.engine": "sglang", "retriever.kv_cache_sequences": 2,
+                        "retriever.dtype": "float32"})
     url = start_local(cfg, num_cpus=2)
     try:
         yield url

@@ -6,14 +6,21 @@ Every reader returns a strided *view* of shape ``[num_blocks, block_size, num_kv
 * CPU_ATTN, ISA ``vec`` (x86 without AMX; the AVX-512 and the AVX2 kernel builds both use it):
   the nominal shape ``[nb, Hkv, bs, 2*D]`` is not what is stored; per (block, kv head) the first
   ``bs*D`` elements are the keys transposed to ``[D, bs]``, then the values (vllm-cpu-notes §4).
+* CPU_ATTN, ISA ``amx`` (bf16 engines on CPUs with AMX tiles): same ``[nb, Hkv, 2*bs*D]`` split,
+  but the keys are packed for AMX B tiles (``AttentionImpl<ISA::AMX>::reshape_and_cache`` in
+  vLLM 0.32's ``csrc/cpu/cpu_attn_amx.hpp``): tokens in groups of 16 (one 64-byte tile row of
+  4-byte words), and within a group word ``j`` (head dims ``2j, 2j+1`` in bf16) of the 16
+  tokens side by side: ``[bs/16, D/2, 16, 2]``. No strides give that as ``[nb, bs, Hkv, D]``,
+  so the view is the tiled 6-d form the core's ``paged_blocks`` reads.
 * FLASH_ATTN: ``kv_cache.transpose(1, 2).split(D, -1)`` is an honest ``[nb, bs, Hkv, D]`` view.
 
 Two start-up checks per attention layer (:func:`verify_layer`), so an engine we cannot read
 fails once when it starts, never with a wrong score later:
 
 1. policy: only the configurations verified end to end against the reference port are
-   accepted (``VERIFIED``); fp8/quantised KV caches, other CPU ISAs (``amx``, ``vec16``,
-   ``neon``...), other backends and non-softmax attention (ALiBi, soft-capped logits, sinks,
+   accepted (``VERIFIED``), and ``amx`` on the probe alone (``PROBE_ONLY``: its layout is
+   unit-tested on CPU tensors; the end-to-end test runs only on AMX CPUs, marker ``amx``);
+   fp8/quantised KV caches, other CPU ISAs (``vec16``, ``neon``...), other backends and non-softmax attention (ALiBi, soft-capped logits, sinks,
    encoder attention) are refused with the reason;
 2. a probe: known keys are written through the backend's own ``do_kv_cache_update`` into a
    scratch block and read back through our view; any difference refuses the engine.
@@ -21,14 +28,18 @@ fails once when it starts, never with a wrong score later:
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
 
+from qrhead_vllm.core import paged_blocks
 from qrhead_vllm.errors import EngineCompatibilityError
 
+logger = logging.getLogger(__name__)
 KeyView = Callable[[torch.Tensor], torch.Tensor]
 PROBE_BLOCK = 0  # vLLM's null block: never holds a request's tokens; restored after the probe
+AMX_TILE_ROW_BYTES = 64  # one AMX tile row; the kernel groups 64 / 4 = 16 tokens per row
 
 
 def cpu_vec_keys(kv_cache: torch.Tensor) -> torch.Tensor:
@@ -36,6 +47,16 @@ def cpu_vec_keys(kv_cache: torch.Tensor) -> torch.Tensor:
     d = two_d // 2
     keys = kv_cache.view(nb, hkv, 2 * bs * d)[:, :, : bs * d].view(nb, hkv, d, bs)
     return keys.permute(0, 3, 1, 2)
+
+
+def cpu_amx_keys(kv_cache: torch.Tensor) -> torch.Tensor:
+    nb, hkv, bs, two_d = kv_cache.shape
+    d = two_d // 2
+    pack = 4 // kv_cache.element_size()             # elements per 4-byte word (bf16: 2)
+    group = AMX_TILE_ROW_BYTES // 4                 # tokens per group (16)
+    keys = kv_cache.view(nb, hkv, 2 * bs * d)[:, :, : bs * d]
+    keys = keys.view(nb, hkv, bs // group, d // pack, group, pack)
+    return keys.permute(0, 2, 4, 1, 3, 5)           # [nb, bs/16, 16, Hkv, D/2, 2]
 
 
 def flash_keys(kv_cache: torch.Tensor) -> torch.Tensor:
@@ -47,7 +68,10 @@ def flash_keys(kv_cache: torch.Tensor) -> torch.Tensor:
 VERIFIED: dict[tuple[str, str | None], KeyView] = {
     ("CPUAttentionBackendImpl", "vec"): cpu_vec_keys,
     ("FlashAttentionImpl", None): flash_keys,
+    ("CPUAttentionBackendImpl", "amx"): cpu_amx_keys,
 }
+# Accepted only because the start-up probe passed on this machine (not yet run end to end).
+PROBE_ONLY = {("CPUAttentionBackendImpl", "amx")}
 
 
 def key_view_for(impl, layer) -> KeyView:
@@ -98,9 +122,9 @@ def probe_layout(impl, layer, kv_cache: torch.Tensor, view: KeyView) -> None:
     Raises:
         EngineCompatibilityError: the keys read through ``view`` differ from those written.
     """
-    nb, _, bs, _ = kv_cache.shape  # nominal [num_blocks, num_kv_heads, block_size, 2*D]
     keys_view = view(kv_cache)
-    hkv, d = keys_view.shape[2], keys_view.shape[3]
+    block = torch.tensor([PROBE_BLOCK], device=kv_cache.device)
+    _, bs, hkv, d = paged_blocks(keys_view, block).shape
     saved = kv_cache[PROBE_BLOCK].clone()
     gen = torch.Generator().manual_seed(0)
     key = torch.randn(bs, hkv, d, generator=gen).to(kv_cache.dtype).to(kv_cache.device)
@@ -108,7 +132,7 @@ def probe_layout(impl, layer, kv_cache: torch.Tensor, view: KeyView) -> None:
     slots = torch.arange(PROBE_BLOCK * bs, (PROBE_BLOCK + 1) * bs, device=kv_cache.device)
     try:
         impl.do_kv_cache_update(layer, key, value, kv_cache, slots)
-        read = keys_view[PROBE_BLOCK]
+        read = paged_blocks(keys_view, block)[0]
         same = torch.equal(read, key)
     finally:
         kv_cache[PROBE_BLOCK].copy_(saved)
@@ -124,6 +148,10 @@ def verify_layer(impl, layer) -> KeyView:
     """Both start-up checks for one attention layer; returns its verified key view."""
     view = key_view_for(impl, layer)
     probe_layout(impl, layer, layer.kv_cache, view)
+    config = (type(impl).__name__, getattr(layer, "isa", None))
+    if config in PROBE_ONLY:
+        logger.info("%s: %s/%s accepted: its KV layout probe passed on this machine",
+                    getattr(layer, "layer_name", "?"), *config)
     return view
 
 

@@ -1,0 +1,62 @@
+"""End to end on an AMX CPU: vLLM's bf16 engine (CPU attention ISA ``amx``) ranks DL19 as the
+transformers port does in bf16 (issue 19).
+
+Runs only where the CPU has AMX tiles (the check vLLM's ``_get_attn_isa`` uses); elsewhere it
+skips under the ``amx`` marker, which the suite counts and prints apart (tests/conftest.py). The
+layout itself is unit-tested on every machine (tests/test_vllm_amx_layout.py).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from qrhead_vllm import QRHeadRanker
+from qrhead_vllm.datasets import load_shared
+
+HAS_AMX = torch.cpu._is_amx_tile_supported()
+pytestmark = [pytest.mark.amx, pytest.mark.slow,
+              pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX tiles (amx marker)")]
+DL19_TOP20 = Path(__file__).resolve().parent / "data" / "dl19-top20.jsonl"
+
+
+def _scores(ranker, example) -> list[float]:
+    ranking = ranker.rank(example.query, list(example.documents))
+    return [ranking.get_result_by_docid(d.doc_id).score for d in example.documents]
+
+
+def test_amx_engine_ranks_dl19_as_the_port_in_bf16(monkeypatch):
+    from scipy.stats import kendalltau
+
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")   # a function sent to workers
+    examples = load_shared(DL19_TOP20)
+    engine = QRHeadRanker("smollm2-135m", backend="vllm", dtype="bfloat16", max_model_len=8192)
+    port = QRHeadRanker("smollm2-135m", backend="transformers", dtype="bfloat16")
+    try:
+        isas = attention_isas(engine)
+        assert isas == {"amx"}, f"expected vLLM to pick the amx ISA, got {isas}"
+        pairs = [(_scores(engine, e), _scores(port, e)) for e in examples]
+    finally:
+        engine.close()
+        port.close()
+    taus = [kendalltau(a, b).statistic for a, b in pairs]
+    worst = max(abs(x - y) for a, b in pairs for x, y in zip(a, b))
+    print(f"amx vs port (bf16), {len(taus)} queries: mean tau {statistics.fmean(taus):.4f}, "
+          f"min {min(taus):.4f}, largest score difference {worst:.4g}")
+    assert statistics.fmean(taus) >= 0.98
+    assert min(taus) >= 0.9
+
+
+def attention_isas(ranker) -> set[str]:
+    """The CPU attention ISA of every attention layer of the ranker's engine, from its workers."""
+    replies = ranker.backend.llm.collective_rpc(_layer_isas)
+    return {isa for reply in replies for isa in reply}
+
+
+def _layer_isas(worker) -> list[str]:
+    context = worker.model_runner.compilation_config.static_forward_context
+    return sorted({str(getattr(layer, "isa", None)) for layer in context.values()
+                   if hasattr(layer, "kv_cache") and hasattr(layer, "impl")})
