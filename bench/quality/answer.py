@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import shlex
 import string
@@ -119,6 +120,7 @@ class Retrievers:
     def __init__(self, rows: Sequence[str], k: int):
         self.k, self.rows = k, rows
         self.qrhead = self._serve_ranker() if "qrhead" in rows else None
+        self._dense_model = None
 
     @staticmethod
     def _serve_ranker():
@@ -137,15 +139,29 @@ class Retrievers:
         return ids, time.perf_counter() - t0
 
     def _select(self, row: str, e: Example) -> list[str]:
-        from bench.baselines import bm25_rerank, dense_rerank
+        from bench.baselines import bm25_rerank
         if row == "full":
             return [str(d.doc_id) for d in e.documents]
         if row == "gold":
             return [str(d.doc_id) for d in e.documents if str(d.doc_id) in e.gold_ids]
         if row == "qrhead":
             return [str(r.doc_id) for r in self.qrhead.rank(e.query, list(e.documents))][:self.k]
-        rerank = {"bm25": bm25_rerank, "dense": dense_rerank}[row]
-        return rerank([e])[e.qid][:self.k]
+        if row == "dense":
+            return self._dense(e)[:self.k]
+        return bm25_rerank([e])[e.qid][:self.k]
+
+    def _dense(self, e: Example) -> list[str]:
+        """bench/baselines.py's dense_rerank, with the model loaded once, not per question."""
+        from bench.baselines import dense_model_path, doc_text
+        from bench.metrics import order_by_scores
+        if self._dense_model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")   # local files: never reach for the hub
+            from sentence_transformers import SentenceTransformer
+            self._dense_model = SentenceTransformer(dense_model_path(), device="cpu")
+        q = self._dense_model.encode([e.query], normalize_embeddings=True, convert_to_tensor=True)
+        docs = self._dense_model.encode([doc_text(d) for d in e.documents],
+                                        normalize_embeddings=True, convert_to_tensor=True)
+        return order_by_scores([str(d.doc_id) for d in e.documents], (docs @ q[0]).tolist())
 
 
 # --- generation ------------------------------------------------------------------------------
@@ -165,7 +181,7 @@ class Generator:
         from qrhead_vllm.models import resolve_model
         path = resolve_model(model).path
         kwargs = engine_kwargs(str(path), dtype, qrhead=False, max_model_len=max_model_len,
-                               kv_cache_sequences=8, enforce_eager=True)
+                               kv_cache_sequences=4, enforce_eager=True)
         with engine_env(qrhead=False):
             self.llm = LLM(**kwargs)
         self.params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
@@ -278,9 +294,9 @@ def parse_args(argv):
     p.add_argument("--top-k", type=int, default=5, help="paragraphs of the top-k rows")
     p.add_argument("--generator", default="qwen2.5-coder-0.5b",
                    help="bundled name or HF directory of the answering model")
-    p.add_argument("--gen-dtype", default="float32")
+    p.add_argument("--gen-dtype", default="bfloat16")
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--max-model-len", type=int, default=8192)
+    p.add_argument("--max-model-len", type=int, default=6144)
     p.add_argument("--chunk", type=int, default=10, help="questions per batched generation")
     p.add_argument("--url", default=None, help="also score /v1/answer of this running app")
     p.add_argument("--no-library", action="store_true", help="with --url: only the app row")
