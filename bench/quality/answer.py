@@ -302,6 +302,9 @@ def parse_args(argv):
     p.add_argument("--no-library", action="store_true", help="with --url: only the app row")
     p.add_argument("--out", default="docs")
     p.add_argument("--name", default="quality-answer")
+    p.add_argument("--append", action="store_true",
+                   help="add to the existing JSONL instead of starting it afresh (e.g. another "
+                        "dataset); the table then covers both runs")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild the table from the existing JSONL")
     args = p.parse_args(argv)
@@ -329,13 +332,16 @@ def main(argv=None) -> int:
              "generator": f"{args.generator} ({args.gen_dtype}), greedy, max "
                           f"{args.max_tokens} new tokens, vLLM on CPU",
              "k": str(args.top_k)}
+    if args.append:
+        facts["command"] += " (added to the JSONL of the earlier run the README names)"
     if not args.report_only:
         questions = [q for d in args.datasets for q in load_questions(d, args.limit)]
         library = not args.no_library
         retrievers = Retrievers(args.rows, args.top_k) if library else None
         generator = (Generator(args.generator, args.gen_dtype, args.max_tokens,
                                args.max_model_len) if library else None)
-        jsonl.write_text("")
+        if not args.append:
+            jsonl.write_text("")
         t0 = time.perf_counter()
         for start in range(0, len(questions), args.chunk):
             chunk = questions[start:start + args.chunk]
