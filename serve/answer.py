@@ -12,12 +12,24 @@ keeps the best ``top_k`` and the generator answers from them through vLLM's own
 ``/v1/chat/completions`` (so sampling options and errors are vLLM's). Response::
 
     {"id", "object": "answer", "model", "answer", "passages": [{index, rank, score, window_score,
-     window, text, title?}], "retrieval": {heads, num_heads, calibrated, passages, windows,
-     rescored, prompt_tokens}, "usage": <the generator's usage>}
+     window, text, title?, start, end}], "retrieval": {heads, num_heads, calibrated, passages,
+     windows, rescored, prompt_tokens}, "timings": {retrieval_s, generation_s},
+     "usage": <the generator's usage>}
+
+Offsets: with ``context``, ``start``/``end`` are character offsets into the request's
+``context`` string, so ``context[start:end] == text`` (a passage is a paragraph, or a run of
+``passage_words`` words of one, cut exactly as it stands in the context). With ``passages`` the
+server splits nothing: ``index`` is the position in the request's list and ``start``/``end`` are
+``0`` and the length of that passage's text (``passages[index].text[start:end] == text``).
 
 With ``"stream": true`` the response is server-sent events: first one ``{"object":
-"answer.passages", "passages", "retrieval"}`` event, then vLLM's ``chat.completion.chunk`` events
-unchanged, then ``data: [DONE]``.
+"answer.passages", "passages", "retrieval", "timings": {retrieval_s}}`` event, then vLLM's
+``chat.completion.chunk`` events unchanged, then one ``{"object": "answer.timings", "timings":
+{retrieval_s, generation_s}}`` event, then ``data: [DONE]``.
+
+Bad input is a 400 that says what to fix: an empty context or question, ``top_k`` over the
+number of passages, a passage longer than the retriever's window (split it; a ``context`` is
+split for you, so only ``passages`` can hit this).
 """
 
 from __future__ import annotations
@@ -25,7 +37,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -35,6 +47,8 @@ from qrhead_vllm.serve.rerank import normalise_document
 
 EXAMPLE = '{"question": "...", "context": "<long text>", "top_k": 3}'
 PARAGRAPH = re.compile(r"\n\s*\n")
+WORD = re.compile(r"\S+")
+DONE = b"data: [DONE]"
 
 
 class AnswerOptions(BaseModel):
@@ -93,27 +107,46 @@ def parse_answer(body: dict[str, Any]) -> AnswerRequest:
 
 
 def split_context(text: str, max_words: int) -> list[dict[str, Any]]:
-    """Paragraphs (blank-line separated) as passages; longer ones cut every ``max_words``."""
+    """Paragraphs (blank-line separated) as passages, longer ones cut every ``max_words`` words;
+    each with its ``start``/``end`` character offsets (``text[start:end]`` is the passage)."""
     out = []
-    for para in PARAGRAPH.split(text):
-        words = para.split()
-        if not words:
-            continue
-        if len(words) <= max_words:
-            out.append({"text": para.strip()})
-            continue
-        out += [{"text": " ".join(words[i:i + max_words])}
-                for i in range(0, len(words), max_words)]
+    starts = [0] + [m.end() for m in PARAGRAPH.finditer(text)]
+    ends = [m.start() for m in PARAGRAPH.finditer(text)] + [len(text)]
+    for lo, hi in zip(starts, ends):
+        words = list(WORD.finditer(text, lo, hi))
+        for i in range(0, len(words), max_words):
+            chunk = words[i:i + max_words]
+            start, end = chunk[0].start(), chunk[-1].end()
+            out.append({"text": text[start:end], "start": start, "end": end})
     return out
 
 
 def request_passages(req: AnswerRequest, rag: RAGConfig) -> list[dict[str, Any]]:
-    passages = req.passages if req.passages is not None else split_context(req.context,
-                                                                            rag.passage_words)
+    """The passages to retrieve from, each with its offsets (see the module docstring)."""
+    if req.passages is not None:
+        passages = [p | {"start": 0, "end": len(p["text"])} for p in req.passages]
+    else:
+        passages = split_context(req.context, rag.passage_words)
     if len(passages) > rag.max_passages:
         raise APIError(400, f"the context gives {len(passages)} passages, more than this "
                             f"server's limit of {rag.max_passages}; send a shorter context")
+    if req.top_k is not None and req.top_k > len(passages):
+        source = "context splits into" if req.context is not None else "request gives"
+        raise APIError(400, f"top_k ({req.top_k}) is more than the {len(passages)} passages the "
+                            f"{source}; pass at most {len(passages)} or omit top_k", "top_k")
     return passages
+
+
+def top_k(req: AnswerRequest, rag: RAGConfig, passages: list[dict[str, Any]]) -> int:
+    """The request's top_k, else the server default capped at the number of passages."""
+    return req.top_k or min(rag.top_k, len(passages))
+
+
+def with_offsets(retrieved: dict[str, Any], passages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The retriever's cited passages with the ``start``/``end`` of the passage they cite."""
+    for p in retrieved["passages"]:
+        p["start"], p["end"] = passages[p["index"]]["start"], passages[p["index"]]["end"]
+    return retrieved
 
 
 def chat_body(req: AnswerRequest, rag: RAGConfig, cited: list[dict[str, Any]]) -> dict[str, Any]:
@@ -130,16 +163,36 @@ def chat_body(req: AnswerRequest, rag: RAGConfig, cited: list[dict[str, Any]]) -
     return body
 
 
-def answer_response(chat: dict[str, Any], retrieved: dict[str, Any]) -> dict[str, Any]:
-    """Non-streamed answer: the generator's text plus the cited passages and their scores."""
+def answer_response(chat: dict[str, Any], retrieved: dict[str, Any],
+                    timings: dict[str, float]) -> dict[str, Any]:
+    """Non-streamed answer: the generator's text, the cited passages, their scores and
+    offsets, and how long retrieval and generation took."""
     return {"id": f"answer-{uuid.uuid4().hex}", "object": "answer", "model": chat.get("model"),
             "answer": chat["choices"][0]["message"]["content"],
             "passages": retrieved["passages"], "retrieval": retrieved["retrieval"],
-            "usage": chat.get("usage")}
+            "timings": timings, "usage": chat.get("usage")}
 
 
-def passages_event(retrieved: dict[str, Any]) -> bytes:
+def passages_event(retrieved: dict[str, Any], timings: dict[str, float]) -> bytes:
     """The first server-sent event of a streamed answer."""
-    event = {"object": "answer.passages", "passages": retrieved["passages"],
-             "retrieval": retrieved["retrieval"]}
+    return sse({"object": "answer.passages", "passages": retrieved["passages"],
+                "retrieval": retrieved["retrieval"], "timings": timings})
+
+
+def sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
+
+
+async def with_trailer(chunks: AsyncIterator[bytes], trailer: Callable[[], bytes]
+                       ) -> AsyncIterator[bytes]:
+    """vLLM's SSE chunks with ``trailer()`` sent just before its final ``data: [DONE]``
+    (called then, so it can report how long the stream took)."""
+    async for chunk in chunks:
+        head, done, tail = chunk.partition(DONE)
+        if not done:
+            yield chunk
+            continue
+        if head:
+            yield head
+        yield trailer()
+        yield done + tail

@@ -18,6 +18,7 @@ The ingress is cheap (parse, validate, route) and holds no engine; it is built a
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body,
-                                     parse_answer, passages_event, request_passages)
+                                     parse_answer, passages_event, request_passages, sse,
+                                     top_k, with_offsets, with_trailer)
 from qrhead_vllm.dtypes import resolve_dtype
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.auth import install_auth
@@ -133,22 +135,30 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
         req = parse_answer(parse_json_body(await request.body(), ANSWER_EXAMPLE))
         passages = request_passages(req, cfg.rag)
         opts = req.qrhead
-        retrieved = await upstream.retrieve(
-            req.question, passages, req.top_k or cfg.rag.top_k,
+        started = time.perf_counter()
+        retrieved = with_offsets(await upstream.retrieve(
+            req.question, passages, top_k(req, cfg.rag, passages),
             cfg.rag.rescore_candidates, opts.heads if opts else None,
-            opts.calibrate if opts else None)
+            opts.calibrate if opts else None), passages)
+        generating = time.perf_counter()
+        timings = {"retrieval_s": round(generating - started, 4)}
         body = json.dumps(chat_body(req, cfg.rag, retrieved["passages"])).encode()
         start, chunks = await upstream.open("POST", "/v1/chat/completions", "",
                                             [("content-type", "application/json")], body)
         if start["status"] != 200:  # vLLM's own error (e.g. unknown generator model)
             return Response(await _collect(chunks), start["status"], dict(start["headers"]))
+
+        def finished() -> dict[str, float]:
+            return timings | {"generation_s": round(time.perf_counter() - generating, 4)}
+
         if not req.stream:
             chat = json.loads(await _collect(chunks))
-            return JSONResponse(answer_response(chat, retrieved))
+            return JSONResponse(answer_response(chat, retrieved, finished()))
 
         async def events() -> AsyncIterator[bytes]:
-            yield passages_event(retrieved)
-            async for chunk in chunks:
+            yield passages_event(retrieved, timings)
+            async for chunk in with_trailer(chunks, lambda: sse(
+                    {"object": "answer.timings", "timings": finished()})):
                 yield chunk
 
         return StreamingResponse(events(), media_type="text/event-stream")

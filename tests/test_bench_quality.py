@@ -54,6 +54,16 @@ def test_metrics_and_baselines_on_five(evaluation):
     assert evaluate_runs(qrels, baselines.bm25_rerank(ex))["recall@5"] > 0
 
 
+def test_shuffle_is_seeded_per_query_and_keeps_the_candidates(evaluation):
+    e = evaluation[0]
+    a, b, c = quality.shuffled(e, 0), quality.shuffled(e, 0), quality.shuffled(e, 1)
+    ids = [d.doc_id for d in e.documents]
+    assert [d.doc_id for d in a.documents] == [d.doc_id for d in b.documents]
+    assert sorted(d.doc_id for d in a.documents) == sorted(ids)
+    assert [d.doc_id for d in a.documents] != ids and a.documents != c.documents
+    assert a.gold_ids == e.gold_ids
+
+
 def test_zero_relevance_dropped():
     assert positive_qrels({"a": {"x": 0, "y": 2}, "b": {"z": 0}}) == {"a": {"y": 2}}
 

@@ -151,6 +151,36 @@ def test_cli_ranks_the_shipped_example_as_a_table(rerank, hotpotqa_split):
     rows = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
     assert [r[0] for r in rows] == ["1", "2", "3"]
     assert {r[2] for r in rows} <= {d.doc_id for d in example.documents}
+    assert all((r[3] == "*gold*") == (r[2] in example.gold_ids) for r in rows)
+    summary = [line for line in out.splitlines() if line.startswith("supporting paragraph")]
+    assert len(summary) == 1 and summary[0].endswith(f"of {len(example.documents)}")
+
+
+def test_cli_marks_the_labelled_documents_and_says_where_they_landed(rerank, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    labelled = [d | {"is_supporting": d["id"] == "doc-1"} for d in DICTS]
+    path.write_text("\n".join(json.dumps(d) for d in labelled) + "\n")
+    code, out, err = rerank("--heads", "all", "--query", QUERY, "--docs", str(path))
+    assert code == 0, err
+    rows = {line.split()[2]: line.split() for line in out.splitlines() if line[:4].strip().isdigit()}
+    assert rows["doc-1"][3] == "*gold*" and "*gold*" not in rows["doc-0"] + rows["doc-2"]
+    rank = rows["doc-1"][0]
+    assert f"supporting paragraph (labelled, marked *gold*) at rank {rank} of 3" in out
+    code, out, err = rerank("--heads", "all", "--query", QUERY, "--docs", str(path), "--json")
+    data = json.loads(out)
+    assert data["gold_ranks"] == [int(rank)]
+    assert [r["id"] for r in data["results"] if r["gold"]] == ["doc-1"]
+
+
+def test_cli_without_labels_shows_no_gold_column(rerank, tmp_path):
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps(DICTS))
+    code, out, err = rerank("--heads", "all", "--query", QUERY, "--docs", str(path))
+    assert code == 0, err
+    assert "gold" not in out and "supporting" not in out
+    code, out, err = rerank("--heads", "all", "--query", QUERY, "--docs", str(path), "--json")
+    data = json.loads(out)
+    assert "gold_ranks" not in data and all("gold" not in r for r in data["results"])
 
 
 def test_cli_json_output_for_a_jsonl_file(rerank, tmp_path):

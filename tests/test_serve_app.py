@@ -148,32 +148,60 @@ def _long_context(example, records: list[dict]) -> tuple[dict, str]:
     return example, "\n\n".join(paragraphs)
 
 
+def _sse_events(url: str, body: dict) -> list[str]:
+    """The data payloads of a streamed answer, read as they arrive (httpx streaming)."""
+    with httpx.stream("POST", f"{url}/v1/answer", json=body, timeout=600) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_answer_over_long_context_cites_gold(serve_app, stream, hotpotqa_split,
                                             hotpotqa_records):
     example, context = _long_context(hotpotqa_split[1][0], hotpotqa_records)
     body = {"question": example.query, "context": context, "top_k": 3, "stream": stream,
             "max_tokens": 48}
-    r = post(serve_app, "/v1/answer", body)
-    assert r.status_code == 200, r.text
     if stream:
-        events = [line[len("data: "):] for line in r.text.splitlines() if line.startswith("data: ")]
+        events = _sse_events(serve_app.url, body)
         assert events[-1] == "[DONE]"
-        first = json.loads(events[0])
-        assert first["object"] == "answer.passages"
-        answer = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
-                         for e in events[1:-1] if json.loads(e)["choices"])
-        passages, retrieval = first["passages"], first["retrieval"]
+        first, last = json.loads(events[0]), json.loads(events[-2])
+        assert first["object"] == "answer.passages" and set(first["timings"]) == {"retrieval_s"}
+        assert last["object"] == "answer.timings"
+        chunks = [json.loads(e) for e in events[1:-2]]
+        assert len(chunks) > 2 and all(c["object"] == "chat.completion.chunk" for c in chunks)
+        answer = "".join(c["choices"][0]["delta"].get("content") or ""
+                         for c in chunks if c["choices"])
+        passages, retrieval, timings = first["passages"], first["retrieval"], last["timings"]
+        assert timings["retrieval_s"] == first["timings"]["retrieval_s"]
     else:
+        r = post(serve_app, "/v1/answer", body)
+        assert r.status_code == 200, r.text
         out = r.json()
         answer, passages, retrieval = out["answer"], out["passages"], out["retrieval"]
+        timings = out["timings"]
     assert answer.strip()
+    assert timings["retrieval_s"] > 0 and timings["generation_s"] > 0
     assert retrieval["windows"] > 1 and retrieval["rescored"] >= 3
+    assert all(context[p["start"]:p["end"]] == p["text"] for p in passages)
     gold_texts = [d.text for d in example.documents if d.doc_id in example.gold_ids]
     cited = [p["text"] for p in passages]
     assert any(g in c for g in gold_texts for c in cited), (example.query, cited)
     assert [p["rank"] for p in passages] == [1, 2, 3]
     assert [p["score"] for p in passages] == sorted([p["score"] for p in passages], reverse=True)
+
+
+def test_answer_from_passages_offsets_index_each_passage(serve_app):
+    case = serve_app.cases[0]
+    body = {"question": case["query"], "passages": case["documents"], "top_k": 2,
+            "max_tokens": 8}
+    r = post(serve_app, "/v1/answer", body)
+    assert r.status_code == 200, r.text
+    passages = r.json()["passages"]
+    assert passages[0]["index"] == 0           # "Paris is the capital ..." wins
+    for p in passages:
+        given = case["documents"][p["index"]]
+        assert (p["start"], p["end"]) == (0, len(given)) and given[p["start"]:p["end"]] == p["text"]
 
 
 def _metric(text: str, name: str) -> float:

@@ -68,6 +68,12 @@ CASES = [
      raw({"question": "q", "passages": DOCS, "model": "gpt-17"}), 404, "does not exist"),
     ("answer-typo-field", "/v1/answer", raw({"question": "q", "contxt": "x"}), 400,
      "contxt: is not a known option"),
+    ("answer-empty-context", "/v1/answer", raw({"question": "q", "context": " \n\n "}), 400,
+     "context must not be empty"),
+    ("answer-top-k-over-passages", "/v1/answer",
+     raw({"question": "q", "context": "a b\n\nc d", "top_k": 3}), 400, "pass at most 2"),
+    ("answer-passage-over-window", "/v1/answer",
+     raw({"question": "q", "passages": ["word " * 6000]}), 400, "split it into shorter"),
 ]
 
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from qrhead_vllm.dtypes import resolve_dtype
 from qrhead_vllm.errors import ContextOverflowError, HeadConfigError
-from qrhead_vllm.serve.answer import split_context
+from qrhead_vllm.serve.answer import split_context, with_trailer
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.builder import load_config
 from qrhead_vllm.serve.errors import APIError
@@ -139,6 +139,31 @@ def test_split_context_paragraphs_then_words():
     assert [len(p["text"].split()) for p in parts] == [3, 10, 10, 5]
 
 
+def test_split_context_offsets_give_back_the_passage_text():
+    text = ("\n  Title one.\tFirst  paragraph\nwraps here.\n \n\n" + "\n".join(
+        f"w{i}" for i in range(12)) + "  \n\nLast.")
+    parts = split_context(text, max_words=6)
+    assert [text[p["start"]:p["end"]] for p in parts] == [p["text"] for p in parts]
+    assert parts[0]["text"] == "Title one.\tFirst  paragraph\nwraps here."
+    assert [p["text"].split() for p in parts[1:3]] == [[f"w{i}" for i in range(j, j + 6)]
+                                                        for j in (0, 6)]
+    assert len(parts) == 4
+    assert parts[-1]["text"] == "Last." and parts[-1]["end"] == len(text)
+
+
+def test_trailer_goes_just_before_done():
+    async def chunks(*items):
+        for item in items:
+            yield item
+
+    async def collect(*items):
+        return b"".join([c async for c in with_trailer(chunks(*items), lambda: b"T")])
+    assert asyncio.run(collect(b"data: 1\n\n", b"data: [DONE]\n\n")) == \
+        b"data: 1\n\nTdata: [DONE]\n\n"
+    assert asyncio.run(collect(b"data: 1\n\ndata: [DONE]\n\n")) == \
+        b"data: 1\n\nTdata: [DONE]\n\n"
+
+
 class FakeUpstream:
     """Stands in for the engine handles: records calls, answers with canned data."""
 
@@ -190,9 +215,16 @@ async def _ingress_routes_and_error_shape():
             yield b"x" * 400
     r = await client.post("/v1/rerank", content=chunked())
     assert r.status_code == 413
-    answer = await client.post("/v1/answer", json={"question": "q", "context": "a\n\nb"})
-    assert answer.status_code == 200 and answer.json()["answer"] == "A"
+    answer = await client.post("/v1/answer", json={"question": "q", "context": "a\n\nbc"})
+    out = answer.json()
+    assert answer.status_code == 200 and out["answer"] == "A"
     assert upstream.calls[-1][0] == "retrieve" and len(upstream.calls[-1][1][1]) == 2
+    assert upstream.calls[-1][1][2] == 2        # the default top_k (3) capped at 2 passages
+    assert (out["passages"][0]["start"], out["passages"][0]["end"]) == (0, 1)
+    assert set(out["timings"]) == {"retrieval_s", "generation_s"}
+    over = await client.post("/v1/answer", json={"question": "q", "context": "a\n\nb",
+                                                 "top_k": 3})
+    assert over.status_code == 400 and "at most 2" in over.json()["error"]["message"]
     scraped = await client.get("/metrics")          # ours, not forwarded to vLLM's app
     assert scraped.status_code == 200 and "qrhead_documents_scored" in scraped.text
     assert scraped.headers["content-type"].startswith("text/plain")

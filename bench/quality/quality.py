@@ -12,9 +12,11 @@ first-stage order, with ranx metrics (graded nDCG as trec_eval), a markdown tabl
 from __future__ import annotations
 
 import argparse
+import random
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # `python bench/quality/quality.py`
@@ -69,6 +71,10 @@ def parse_args(argv):
     w.add_argument("--given-order", action="store_true",
                    help="candidates in first-stage order in the prompt (rank 1 first); the "
                         "default follows the library (QRHeadRanker's reverse_order)")
+    p.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                   help="shuffle each query's candidates (seeded by SEED and the query id) "
+                        "before ranking: separates the heads' own signal from the first-stage "
+                        "order echoed back (the 'given order' row becomes that shuffled order)")
     p.add_argument("--prompt-family", default=None,
                    help="chat markers for every model (llama3, qwen2, chatml, gemma3); default: "
                         "each model's own (qrhead_vllm.models.prompt_template)")
@@ -104,6 +110,21 @@ def parse_args(argv):
 
 def load_data(args):
     """Examples, their graded qrels and a sentence saying exactly which data they are."""
+    examples, qrels, split = _load_data(args)
+    if args.shuffle is not None:
+        examples = [shuffled(e, args.shuffle) for e in examples]
+        split += f"; candidates shuffled per query (seed {args.shuffle} and the query id)"
+    return examples, qrels, split
+
+
+def shuffled(example, seed: int):
+    """The example with its candidates in a seeded random order (the same on every run)."""
+    docs = list(example.documents)
+    random.Random(f"{seed}:{example.qid}").shuffle(docs)
+    return replace(example, documents=tuple(docs))
+
+
+def _load_data(args):
     if not args.beir_dir:
         return load_benchmark(BENCHMARKS[args.dataset], args.top_k, args.max_words, args.limit,
                               args.data)

@@ -4,6 +4,11 @@ With no arguments it ranks a shipped example (the first example of the evaluatio
 shared HotpotQA set, or a small built-in one when that file is absent) on the bundled default
 model, so a fresh install can show what the package does in one command.
 
+When the input has relevance labels (the shipped example's supporting paragraphs, or ``--docs``
+objects with ``"is_supporting": true`` as in the QRHead/ICR files) the table marks those
+documents ``*gold*`` and a summary line says at which ranks they landed: the small default model
+does not always put them first, and the first command should not hide that.
+
 Every failure the package raises on purpose (:class:`QRHeadError`) is printed as one line on
 stderr with exit code 2, the same code argparse uses for bad arguments: no tracebacks for user
 errors.
@@ -60,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        query, docs = _inputs(args.query, args.docs)
+        query, docs, gold = _inputs(args.query, args.docs)
         results = _rank(args, query, docs)
     except HeadConfigError as e:
         hint = "" if args.heads else " (pass --heads all to use every head, or --heads <config>)"
@@ -69,9 +74,12 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(e))
     shown = results.top_k(args.top_k) if args.top_k is not None else list(results)
     if args.json:
-        print(json.dumps(_as_json(args, results.query, shown), indent=1, ensure_ascii=False))
+        print(json.dumps(_as_json(args, results.query, shown, gold, gold_ranks(results, gold)),
+                         indent=1, ensure_ascii=False))
     else:
-        print(format_table(results.query, shown, args.model, args.heads or "default"))
+        print(format_table(results.query, shown, args.model, args.heads or "default", gold))
+        if gold:
+            print("\n" + gold_summary(gold_ranks(results, gold), len(results)))
     return 0
 
 
@@ -98,25 +106,54 @@ def _rank(args: argparse.Namespace, query: str, docs: list):
         ranker.close()
 
 
-def _inputs(query: str | None, docs_file: str | None) -> tuple[str, list]:
-    """The query and documents to rank: from the flags, else the shipped example."""
+def _inputs(query: str | None, docs_file: str | None) -> tuple[str, list, set]:
+    """The query, the documents to rank and the ids labelled relevant (empty when unlabelled):
+    from the flags, else the shipped example."""
     if docs_file is not None:
         if query is None:
             raise InvalidInputError("--docs needs --query (the documents are ranked for it)")
-        return query, load_docs(docs_file)
-    example_query, example_docs = shipped_example()
-    return (example_query if query is None else query), example_docs
+        docs = load_docs(docs_file)
+        return query, [_strip_label(d) for d in docs], labelled_ids(docs)
+    example_query, example_docs, gold = shipped_example()
+    if query is not None and query != example_query:
+        gold = set()  # the example's labels say what answers its own question, not this one
+    return (example_query if query is None else query), example_docs, gold
 
 
-def shipped_example() -> tuple[str, list]:
-    """First evaluation example of the shared HotpotQA set, or the built-in one."""
+def shipped_example() -> tuple[str, list, set]:
+    """First evaluation example of the shared HotpotQA set with its supporting-paragraph ids,
+    or the built-in one (unlabelled)."""
     from qrhead_vllm.datasets import load_hotpotqa, shared_path, split_examples
 
     path = shared_path("hotpotqa")
     if not path.exists():
-        return BUILTIN_QUERY, list(BUILTIN_DOCS)
+        return BUILTIN_QUERY, list(BUILTIN_DOCS), set()
     example = split_examples(load_hotpotqa(path))[1][0]
-    return example.query, list(example.documents)
+    return example.query, list(example.documents), set(example.gold_ids)
+
+
+def labelled_ids(docs: list[Any]) -> set:
+    """Ids (or positions, for documents without one) of ``"is_supporting": true`` documents."""
+    return {d.get("id", i) for i, d in enumerate(docs)
+            if isinstance(d, dict) and d.get("is_supporting") is True}
+
+
+def _strip_label(doc: Any) -> Any:
+    return {k: v for k, v in doc.items() if k != "is_supporting"} if isinstance(doc, dict) else doc
+
+
+def gold_ranks(results, gold: set) -> list[int]:
+    """The ranks (1 = best) at which the labelled documents landed, best first."""
+    return sorted(r.rank for r in results if r.doc_id in gold)
+
+
+def gold_summary(ranks: list[int], total: int) -> str:
+    """One line, e.g. "supporting paragraphs (labelled, marked *gold*) at ranks 2 and 8 of 10"."""
+    if not ranks:
+        return f"none of the labelled supporting paragraphs is among the {total} ranked"
+    many = "s" if len(ranks) > 1 else ""
+    where = " and ".join(filter(None, [", ".join(map(str, ranks[:-1])), str(ranks[-1])]))
+    return f"supporting paragraph{many} (labelled, marked *gold*) at rank{many} {where} of {total}"
 
 
 def load_docs(path: str) -> list[Any]:
@@ -157,14 +194,18 @@ def _alias_fields(doc: Any) -> Any:
     return doc
 
 
-def format_table(query: str, results: list, model: str, heads: str) -> str:
-    """A fixed-width ranking table: rank, score, id, title and the first words of the text."""
+def format_table(query: str, results: list, model: str, heads: str,
+                 gold: set | frozenset = frozenset()) -> str:
+    """A fixed-width ranking table: rank, score, id, (``*gold*`` when labelled), title and the
+    first words of the text."""
     lines = [f"query:  {query}", f"model:  {model}   heads: {heads}", ""]
-    header = f"{'rank':>4}  {'score':>9}  {'id':<10}  {'title':<24}  text"
+    mark = f"{'gold':<6}  " if gold else ""
+    header = f"{'rank':>4}  {'score':>9}  {'id':<10}  {mark}{'title':<24}  text"
     lines += [header, "-" * (len(header) + 40)]
     for r in results:
         doc = r.document
-        lines.append(f"{r.rank:>4}  {r.score:>9.4f}  {_clip(str(r.doc_id), 10):<10}  "
+        mark = f"{'*gold*' if r.doc_id in gold else '':<6}  " if gold else ""
+        lines.append(f"{r.rank:>4}  {r.score:>9.4f}  {_clip(str(r.doc_id), 10):<10}  {mark}"
                      f"{_clip(doc.title or '', 24):<24}  {_first_words(doc.text)}")
     return "\n".join(lines)
 
@@ -178,10 +219,15 @@ def _first_words(text: str, n: int = 10) -> str:
     return " ".join(words[:n]) + (" …" if len(words) > n else "")
 
 
-def _as_json(args: argparse.Namespace, query: str, results: list) -> dict:
-    return {
+def _as_json(args: argparse.Namespace, query: str, results: list, gold: set,
+             ranks: list[int]) -> dict:
+    out = {
         "query": query, "model": args.model, "heads": args.heads or "default",
         "backend": args.backend,
         "results": [{"rank": r.rank, "score": r.score, "index": r.index, "id": r.doc_id,
-                     "title": r.document.title, "text": r.document.text} for r in results],
+                     "title": r.document.title, "text": r.document.text}
+                    | ({"gold": r.doc_id in gold} if gold else {}) for r in results],
     }
+    if gold:
+        out["gold_ranks"] = ranks
+    return out
