@@ -73,7 +73,7 @@ CASES = [
     ("answer-top-k-over-passages", "/v1/answer",
      raw({"question": "q", "context": "a b\n\nc d", "top_k": 3}), 400, "pass at most 2"),
     ("answer-passage-over-window", "/v1/answer",
-     raw({"question": "q", "passages": ["word " * 6000]}), 400, "split it into shorter"),
+     raw({"question": "q", "passages": ["word " * 6000]}), 400, "shorter documents"),
 ]
 
 
