@@ -3,17 +3,9 @@ answer and its aliases, answer clean-up and recall (pure functions, no model).""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "quality" / "answer.py"
-_spec = importlib.util.spec_from_file_location("bench_quality_answer", BENCH)
-answer = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = answer          # dataclasses look their module up while defined
-_spec.loader.exec_module(answer)
+from bench.quality import answer
 
 
 @pytest.mark.parametrize("text, normal", [
