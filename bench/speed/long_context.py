@@ -32,14 +32,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # `python bench/speed/...`
 
-from bench.gpu_capture import Shape                                   # noqa: E402
+from bench.speed.gpu_capture import Shape                                   # noqa: E402
 from bench.report import git_commit, machine, now                     # noqa: E402
-from bench.speed_engines import (HookTimer, engine_memory, start_engines,  # noqa: E402
+from bench.speed.engines import (HookTimer, engine_memory, start_engines,  # noqa: E402
                                  variants)
-from bench.speed_prompts import length_item                           # noqa: E402
-from bench.speed_report import capture_bytes                          # noqa: E402
-from bench.speed_timing import interleave                             # noqa: E402
-from qrhead_vllm.datasets import HOTPOTQA, load_hotpotqa              # noqa: E402
+from bench.speed.prompts import length_item                           # noqa: E402
+from bench.speed.report import capture_bytes                          # noqa: E402
+from bench.speed.timing import interleave                             # noqa: E402
+from qrhead_vllm.datasets import load_hotpotqa                        # noqa: E402
 from qrhead_vllm.dtypes import resolve_dtype                          # noqa: E402
 
 MODEL = "qwen2.5-coder-1.5b"
@@ -119,7 +119,7 @@ def main(argv=None) -> None:
              "note": "taken on a shared, loaded box: indicative, not for publication"}
     engines = start_engines(args, facts, bf16=False, reference="reference" not in skip)
     facts["CPU attention ISA"] = ", ".join(sorted(attention_isas(engines.full)))
-    examples = load_hotpotqa(HOTPOTQA)
+    examples = load_hotpotqa()                  # the shared HotpotQA file
     items = [length_item(engines.full, examples, n, start=i) for i, n in enumerate(args.lengths)]
     v = variants(engines, HookTimer())
     timed = {name: with_rss(v[key]) for name, key in VARIANTS.items()

@@ -189,7 +189,7 @@ def write(run, out: Path, name: str = "speed", notes: Path | None = NOTES) -> Pa
     if run.bf16 is not None:
         lines += ["Scores on the evaluation split of the shared HotpotQA set (the heads were "
                   "detected on the other half); noise = the 95 % paired-bootstrap interval of "
-                  "the per-query nDCG@10 difference (`bench/speed_bf16.py`).", "",
+                  "the per-query nDCG@10 difference (`bench/speed/bf16.py`).", "",
                   bf16_table(run.bf16), ""]
     for key, x, title in (("docs", "docs", f"documents cut to {a.doc_words} words"),
                           ("lengths", "tokens", "whole real documents")):

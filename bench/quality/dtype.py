@@ -2,7 +2,7 @@
 dtype differs. Per bench: nDCG@10 of each dtype (graded, as bench/quality.py computes it), the
 per-query Kendall tau-b of the two score lists, and the largest score difference.
 
-    nice -n 15 python bench/quality_dtype.py --dataset dl19 --top-k 20 --dataset hotpotqa
+    nice -n 15 python bench/quality/dtype.py --dataset dl19 --top-k 20 --dataset hotpotqa
 
 The default backend is the transformers port (the reference of every engine's scores); pass
 ``--backend vllm`` for the engine hook (one engine per dtype, started in turn).
@@ -16,11 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # `python bench/quality_dtype.py`
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # `python bench/quality/dtype.py`
 
-from bench.metrics import evaluate_runs                          # noqa: E402
-from bench.speed_bf16 import kendall_tau_b                       # noqa: E402
-from bench.standard import BENCHMARKS, load_benchmark            # noqa: E402
+from bench.quality.metrics import evaluate_runs                          # noqa: E402
+from bench.speed.bf16 import kendall_tau_b                       # noqa: E402
+from bench.quality.standard import BENCHMARKS, load_benchmark            # noqa: E402
 from qrhead_vllm import QRHeadRanker                             # noqa: E402
 from qrhead_vllm.models import DEFAULT_MODEL                     # noqa: E402
 
