@@ -36,7 +36,7 @@ def engine_kwargs_for(cfg: EngineConfig, resolved, retriever: bool,
     if retriever and cfg.score_only:
         overrides.update(score_only_kwargs(cfg.model, cfg.head_spec, cfg.last_layer))
     # A plain generator keeps vLLM's own defaults (CUDA graphs etc.) unless configured; every
-    # engine on CPU is sized by what it needs (integration/vllm/memory.py).
+    # engine on CPU is sized by what it needs (integration/memory.py).
     kwargs = engine_kwargs(resolved.path, dtype, qrhead=retriever,
                            kv_cache_sequences=cfg.kv_cache_sequences, **overrides)
     kwargs["served_model_name"] = names
