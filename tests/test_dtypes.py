@@ -50,7 +50,7 @@ def test_every_entry_point_defaults_to_auto():
     from qrhead_vllm.serve.builder import DEFAULT_CONFIG
     cfg = QRHeadServeConfig.from_yaml(DEFAULT_CONFIG)
     assert cfg.retriever.dtype == "auto"
-    assert cfg.retriever.vllm_overrides()["dtype"] == resolve_dtype("auto")
+    assert cfg.retriever.engine_overrides()["dtype"] == resolve_dtype("auto")
 
 
 def test_auto_is_logged(caplog):
