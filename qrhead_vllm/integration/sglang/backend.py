@@ -144,6 +144,8 @@ class SGLangBackend:
         return states[0]["qrhead"]
 
     def close(self) -> None:
+        # SGLang's Engine.shutdown kills every child process of this process, another SGLang
+        # engine's scheduler included: hold one SGLang engine per process at a time.
         engine, self.engine = self.engine, None
         if engine is not None:
             engine.shutdown()

@@ -1,7 +1,11 @@
 """``qrhead rerank --backend sglang``: the command reaches the SGLang backend through the engine
 registry and prints the scores the API gives on that engine. The session's engine stands in for
 the one the command would start (a second SGLang engine costs minutes on a 2-core box); the
-command's own start of an engine is ``make_backend``'s, shared with every other caller."""
+command's own start of an engine is ``make_backend``'s, shared with every other caller.
+
+Named to run after test_sglang_gemma.py: SGLang's ``Engine.shutdown`` kills every child process
+of the calling process (``kill_process_tree(os.getpid(), include_parent=False)``), so closing the
+Gemma engine would take the session's SmolLM2 engine down with it if that one started first."""
 
 from __future__ import annotations
 
