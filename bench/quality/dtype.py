@@ -23,6 +23,7 @@ from bench.speed.bf16 import kendall_tau_b                       # noqa: E402
 from bench.quality.standard import BENCHMARKS, load_benchmark            # noqa: E402
 from qrhead_vllm import QRHeadRanker                             # noqa: E402
 from qrhead_vllm.models import DEFAULT_MODEL                     # noqa: E402
+from qrhead_vllm.engines import DEFAULT_ENGINE, ENGINE_NAMES      # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
@@ -36,7 +37,7 @@ def parse_args(argv):
                    "top-k; benches with fewer candidates keep all)")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--heads", default=None, help="default: the model's detected head set")
-    p.add_argument("--backend", default="transformers", choices=("transformers", "vllm"))
+    p.add_argument("--backend", default=DEFAULT_ENGINE, choices=ENGINE_NAMES)
     p.add_argument("--limit", type=int, default=None, help="first N queries only")
     return p.parse_args(argv)
 
