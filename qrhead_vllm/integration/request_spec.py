@@ -24,11 +24,12 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
 from qrhead_vllm.core.driver import Tracked
+from qrhead_vllm.errors import CaptureError
 
 NAMESPACE = "qrhead"   # the key of our spec in the engine's params (and of our results)
 
@@ -104,3 +105,29 @@ def result_rows(payload: Mapping[str, Any]) -> torch.Tensor:
     if not data:  # torch.frombuffer refuses empty buffers
         return torch.zeros(shape)
     return torch.frombuffer(bytearray(data), dtype=torch.float32).reshape(shape)
+
+
+def merge_results(payloads: Iterable[Mapping[str, Any] | None], num_heads: int,
+                  missing: str) -> torch.Tensor:
+    """The ``[num_heads, T]`` rows of one request from its payloads (one per tensor-parallel
+    rank that captured it; None where a rank or an output carried none), each rank's heads put
+    back in the request's order.
+
+    Raises:
+        CaptureError: a payload reports a capture error, or the payloads do not cover every
+            head exactly once (``missing`` says what to check).
+    """
+    out, index = None, []
+    for payload in payloads:
+        if payload is None:
+            continue
+        if payload["error"]:
+            raise CaptureError(f"QRHead capture failed: {payload['error']}")
+        rows = result_rows(payload)
+        if out is None:
+            out = torch.zeros(num_heads, rows.shape[1])
+        out[payload["index"]] = rows
+        index += payload["index"]
+    if out is None or sorted(index) != list(range(num_heads)):
+        raise CaptureError(f"{missing} ({len(index)}/{num_heads} heads returned)")
+    return out

@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from qrhead_vllm.errors import CaptureError
-from qrhead_vllm.integration.request_spec import NAMESPACE, result_rows
+from qrhead_vllm.integration.request_spec import NAMESPACE, merge_results
 
 
 def _payload(meta_info: dict[str, Any]) -> dict[str, Any] | None:
@@ -29,17 +28,7 @@ def decode_result(meta_info: dict[str, Any], num_heads: int) -> torch.Tensor:
         CaptureError: the engine reported a capture error, or returned no result at all (the
             plugin is not enabled in the engine, or the request was not a scoring request).
     """
-    payload = _payload(meta_info)
-    if payload is None:
-        raise CaptureError(
-            "the SGLang engine returned no QRHead result for a scoring request; is it running "
-            "with QRHEAD_ENABLED=1 and qrhead-vllm installed (entry point sglang.srt.plugins)?")
-    if payload["error"]:
-        raise CaptureError(f"QRHead capture failed: {payload['error']}")
-    rows = result_rows(payload)
-    if sorted(payload["index"]) != list(range(num_heads)):
-        raise CaptureError(f"QRHead capture returned heads {payload['index']}, expected "
-                           f"{num_heads} (a tensor-parallel rank's share went missing?)")
-    out = torch.zeros_like(rows)
-    out[payload["index"]] = rows
-    return out
+    return merge_results([_payload(meta_info)], num_heads,
+                         "the SGLang engine returned no QRHead result for a scoring request; is "
+                         "it running with QRHEAD_ENABLED=1 and qrhead-vllm installed (entry "
+                         "point sglang.srt.plugins)?")

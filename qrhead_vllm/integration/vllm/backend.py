@@ -31,7 +31,7 @@ from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.heads import ModelFacts
 from qrhead_vllm.integration.vllm.engine_args import engine_env, engine_kwargs
 from qrhead_vllm.integration.vllm.layer_cut import last_layer_of
-from qrhead_vllm.integration.request_spec import RequestSpec, result_rows
+from qrhead_vllm.integration.request_spec import RequestSpec, merge_results
 
 
 def scoring_request(prompt: ScoringPrompt, heads) -> tuple[dict, Any, str]:
@@ -50,23 +50,9 @@ def merge_worker_results(replies: Sequence[dict], key: str, num_heads: int) -> t
         CaptureError: a rank reported a capture error (e.g. the KV self-check, a layer never
             captured) or no rank returned the request's heads.
     """
-    out, seen = None, 0
-    for reply in replies:
-        res = reply.get(key)
-        if res is None:
-            continue
-        if res["error"]:
-            raise CaptureError(f"QRHead capture failed: {res['error']}")
-        rows = result_rows(res)  # see worker_ext: tensors do not survive msgpack
-        if out is None:
-            out = torch.zeros(num_heads, rows.shape[1])
-        out[res["index"]] = rows
-        seen += len(res["index"])
-    if out is None or seen != num_heads:
-        raise CaptureError(
-            f"QRHead capture for request {key} is missing ({seen}/{num_heads} heads returned); "
-            "is the engine running with QRHEAD_ENABLED=1 and the qrhead worker extension?")
-    return out
+    return merge_results((reply.get(key) for reply in replies), num_heads,
+                         f"QRHead capture for request {key} is missing; is the engine running "
+                         "with QRHEAD_ENABLED=1 and the qrhead worker extension?")
 
 
 def finish_request(replies: Sequence[dict], req: MassRequest, real_key: str,
