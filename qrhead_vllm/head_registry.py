@@ -15,6 +15,7 @@ DEFAULT_HEADS = {
     "smollm2-135m": "smollm2-135m-hotpotqa",
     "gemma3-270m": "gemma3-270m-hotpotqa",
     "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-hotpotqa",
+    "qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b-hotpotqa",
 }
 
 

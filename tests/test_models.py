@@ -47,3 +47,21 @@ def test_qwen15_is_22_pinned_and_hashed_part_packages():
     assert all("--hash=sha256:" in line for line in (root / "scripts/requirements-qwen15.txt")
                .read_text().splitlines() if line and not line.startswith("#"))
 
+
+
+def test_qwen15_default_heads_fit_its_architecture_and_were_detected_apart_from_eval():
+    """The 1.5B's shipped head set, checked without its 1.1 GB of weights (an optional extra
+    CI does not install): the architecture the GGUF header gives (28 layers, 12 query / 2 KV
+    heads, head size 128), 16 heads, detected on the HotpotQA detection half only."""
+    from qrhead_vllm.head_registry import DEFAULT_HEADS, load_head_config
+
+    config = load_head_config(DEFAULT_HEADS["qwen2.5-coder-1.5b"])
+    model = config.model
+    assert model.model_id == BUNDLED["qwen2.5-coder-1.5b"].model_id
+    assert (model.num_layers, model.num_heads, model.num_kv_heads, model.head_dim) == \
+        (28, 12, 2, 128)
+    assert len(config.heads) == 16
+    assert all(0 <= h.layer < 28 and 0 <= h.head < 12 for h in config.heads)
+    assert config.provenance.source == "detected"
+    assert config.provenance.dataset.endswith("distractor-dev-70.jsonl")
+    assert "split=detect" in (config.provenance.notes or ""), config.provenance.notes
