@@ -47,8 +47,9 @@ from qrhead_vllm.errors import EngineCompatibilityError
 from qrhead_vllm.integration.request_spec import NAMESPACE, MalformedSpec, RequestSpec
 
 # Model classes whose partial build is verified end to end: the equality test against the full
-# engine (tests/test_vllm_early_exit.py) covers them. Others are refused at start-up.
-VERIFIED_PARTIAL_MODELS = ("LlamaForCausalLM",)
+# engine covers them (tests/test_vllm_early_exit.py: Llama; tests/test_vllm_early_exit_qwen2.py:
+# Qwen2). Others are refused at start-up.
+VERIFIED_PARTIAL_MODELS = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
 
 def additional_config(last_layer: int) -> dict[str, Any]:
