@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 import threading
@@ -64,8 +65,11 @@ def parse_args(argv):
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--skip", default="", help="comma list of variants to leave out "
                    "(e.g. reference at 32K: it holds L x H x T x T-sized attention)")
-    p.add_argument("--out", default=None, help="directory for long_context.md")
+    p.add_argument("--note", default="", help="a line on the conditions (e.g. the box's load)")
+    p.add_argument("--out", default=None, help="directory for NAME.md")
+    p.add_argument("--name", default="long_context", help="file name of the report")
     args = p.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     args.dtype = resolve_dtype(args.dtype)
     args.lengths = [int(x) for x in args.lengths.split(",")]
     # what bench/speed_engines.start_engines reads
@@ -115,8 +119,9 @@ def with_rss(fn):
 def main(argv=None) -> None:
     args = parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
-    facts = {"machine": machine(), "dtype": args.dtype, "when": now(), "commit": git_commit(),
-             "note": "taken on a shared, loaded box: indicative, not for publication"}
+    facts = {"command": f"`python bench/speed/long_context.py {shlex.join(args.argv)}`",
+             "machine": machine(), "dtype": args.dtype, "when": now(), "commit": git_commit(),
+             **({"note": args.note} if args.note else {})}
     engines = start_engines(args, facts, bf16=False, reference="reference" not in skip)
     facts["CPU attention ISA"] = ", ".join(sorted(attention_isas(engines.full)))
     examples = load_hotpotqa()                  # the shared HotpotQA file
@@ -133,7 +138,7 @@ def main(argv=None) -> None:
     print(text)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "long_context.md").write_text(text + "\n")
+        (Path(args.out) / f"{args.name}.md").write_text(text + "\n")
 
 
 def _shape_of(ranker):
