@@ -140,6 +140,7 @@ def test_bf16_comparison_metrics():
     assert kendall_tau_b([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
     assert kendall_tau_b([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
     assert kendall_tau_b([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+
     assert ndcg_at_10(["a", "b", "c"], frozenset({"a", "b"})) == 1.0
     assert ndcg_at_10(["c", "a", "b"], frozenset({"a", "b"})) == pytest.approx(
         (1 / 1.5849625 + 1 / 2) / (1 + 1 / 1.5849625))
@@ -190,3 +191,9 @@ def test_reference_algorithm_recomputes_every_head_of_every_layer():
             logits = queries[0][0, h, row] @ keys[h // 3, :pos + 1].T / 8 ** 0.5
             want[:pos + 1] += torch.softmax(logits, -1) / 3
         assert torch.allclose(rows[0, h], want, atol=1e-6)
+
+
+def test_rank_agreement_averages_taus_and_finds_the_largest_difference():
+    from bench.speed.bf16 import rank_agreement
+    mean, lowest, worst = rank_agreement([([1, 2, 3], [1, 2, 3.5]), ([1, 2, 3], [3, 2, 1])])
+    assert (mean, lowest) == (0.0, -1.0) and worst == 2.0

@@ -28,6 +28,15 @@ def ndcg_at_10(ranked_ids: Sequence[str], gold: frozenset[str]) -> float:
     return dcg / ideal if ideal else 0.0
 
 
+def rank_agreement(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]
+                   ) -> tuple[float, float, float]:
+    """Mean and lowest Kendall tau-b over (scores, scores) pairs of the same documents, and the
+    largest score difference: how two engines or dtypes agree on a set of queries."""
+    taus = [kendall_tau_b(a, b) for a, b in pairs]
+    worst = max(abs(x - y) for a, b in pairs for x, y in zip(a, b))
+    return statistics.fmean(taus), min(taus), worst
+
+
 def kendall_tau_b(a: Sequence[float], b: Sequence[float]) -> float:
     """Kendall's tau-b of two score lists over the same documents (ties counted as in scipy)."""
     concordant = discordant = ties_a = ties_b = 0
