@@ -31,7 +31,13 @@ class _Config(BaseModel):
 class DeploymentOptions(_Config):
     """How Ray Serve places and scales one deployment (passed to ``Deployment.options``)."""
 
-    num_replicas: int = Field(1, gt=0, description="Replicas of this deployment.")
+    num_replicas: int = Field(1, gt=0, description="Replicas of this deployment (ignored "
+                                                   "when autoscaling_config is set).")
+    autoscaling_config: dict[str, Any] | None = Field(
+        None, description="Ray Serve's AutoscalingConfig (min_replicas, max_replicas, "
+                          "target_ongoing_requests, upscale_delay_s, ...): Serve adds engine "
+                          "replicas under load and removes them when idle; each replica is a "
+                          "whole engine, so size max_replicas by the cluster's memory.")
     max_ongoing_requests: int = Field(
         256, gt=0, description="Concurrent requests per replica; vLLM batches them, so keep it "
                                "high (Serve's default of 5 would queue rerank bursts).")
@@ -65,9 +71,22 @@ class DeploymentOptions(_Config):
         30, gt=0, description="A health check slower than this counts as failed; the replica "
                               "is restarted.")
 
+    @model_validator(mode="after")
+    def _check_autoscaling(self) -> "DeploymentOptions":
+        if self.autoscaling_config is not None:
+            from ray.serve.config import AutoscalingConfig   # lazy: configs parse without Ray
+            unknown = set(self.autoscaling_config) - set(AutoscalingConfig.model_fields)
+            if unknown:                                       # Serve ignores them silently
+                raise ValueError(f"autoscaling_config: unknown field(s) {sorted(unknown)}; "
+                                 f"Ray Serve's are {sorted(AutoscalingConfig.model_fields)}")
+            AutoscalingConfig(**self.autoscaling_config)      # Serve's own checks, at parse time
+        return self
+
     def serve_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``Deployment.options`` (unset placement fields left out)."""
-        return self.model_dump(exclude_none=True)
+        """Keyword arguments for ``Deployment.options`` (unset placement fields left out;
+        Serve refuses a fixed ``num_replicas`` beside an ``autoscaling_config``)."""
+        exclude = {"num_replicas"} if self.autoscaling_config is not None else set()
+        return self.model_dump(exclude_none=True, exclude=exclude)
 
 
 class EngineConfig(_Config):

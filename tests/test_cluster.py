@@ -5,7 +5,10 @@ Serve: configs/serve/cluster-cpu.yaml as shipped (the retriever pinned to node A
 to node B, a proxy and an ingress replica on every node); reranks through each node's proxy
 equal the offline ``QRHeadRanker(backend="vllm", dtype="float32")``. Detection: two actors, one
 per node; node B is SIGKILLed while its actor scores, and the job finishes on node A from its
-checkpoint with the head config of an uninterrupted run. One cluster for the whole module.
+checkpoint with the head config of an uninterrupted run. Autoscaling: the retriever
+unpinned with 1 to 2 replicas (bench/serve/autoscale.py's config); under load a second
+replica starts on the other node and both answer. One cluster for the whole module; the
+detection class runs last, as it kills node B.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import yaml
 from conftest import HOTPOTQA_DETECT, HOTPOTQA_EVAL
 from qrhead_vllm import configs
 from bench.serve.local_cluster import LocalCluster, NodeSpec, deploy
+from bench.serve.replicas import replica_nodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 CONFIG = configs.path("serve", "cluster-cpu.yaml")
@@ -52,20 +56,6 @@ def cluster():
             yield c
         finally:
             c.disconnect()
-
-
-def replica_nodes(cluster: LocalCluster) -> dict[str, list[str]]:
-    """``{deployment: [node name of each live replica]}`` from the GCS actor table."""
-    import ray
-
-    names = {node_id: name for name, node_id in cluster.alive_nodes().items()}
-    out: dict[str, list[str]] = {}
-    for actor in ray._private.state.actors().values():
-        name = actor.get("Name") or ""
-        if actor["State"] == "ALIVE" and name.startswith("SERVE_REPLICA::"):
-            deployment = name.split("#")[1]
-            out.setdefault(deployment, []).append(names[actor["Address"]["NodeID"]])
-    return {k: sorted(v) for k, v in out.items()}
 
 
 class TestServeAcrossNodes:
@@ -105,6 +95,36 @@ class TestServeAcrossNodes:
             "messages": [{"role": "user", "content": "What is the capital of France?"}]})
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] > 0
+
+
+class TestAutoscalingAcrossNodes:
+    """bench/serve/autoscale.py's run, shortened: the retriever autoscaled from 1 to 2
+    replicas (at most one per node); under load a second one starts on the other node and
+    both answer reranks, none of which fails."""
+
+    @pytest.fixture(scope="class")
+    def scaled(self, cluster):
+        import asyncio
+
+        from ray import serve
+
+        from bench.serve.autoscale import DEPLOYMENT, autoscaled_config, scale_up
+        try:
+            url = deploy(cluster, autoscaled_config())["node_a"]
+            assert replica_nodes(cluster)[DEPLOYMENT] in (["node_a"], ["node_b"])
+            yield asyncio.run(scale_up(cluster, url, clients=6, docs=4, settle_s=5,
+                                       timeout_s=600))
+        finally:
+            serve.shutdown()
+
+    def test_a_second_replica_starts_on_the_other_node_and_serves(self, scaled):
+        assert "second_served" in scaled["events"], scaled
+        assert scaled["placements"] == ["node_a", "node_b"], scaled
+        served = sorted(scaled["served"].values())
+        assert len(served) == 2 and served[0] > 0, scaled["served"]
+
+    def test_no_request_fails_while_scaling(self, scaled):
+        assert set(scaled["statuses"]) == {200}, scaled["statuses"]
 
 
 def detect_job(tmp, name: str):
@@ -170,3 +190,4 @@ class TestDetectionAcrossNodes:
         assert len(late) <= 1 and set(late) <= seen["node_b"], (order, killed_after, seen)
         assert run.computed == N and len(run.records) == N
         same_heads(run.head_config, baseline[0].head_config)
+

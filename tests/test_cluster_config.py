@@ -33,3 +33,20 @@ def test_cpu_cluster_config_pins_each_engine_to_its_node():
     assert set(resources(cfg.retriever)) == {"node_a"}
     assert set(resources(cfg.generator)) == {"node_b"}
     assert cfg.retriever.dtype == "float32" and not cfg.shared_engine
+
+
+def test_autoscaling_config_replaces_num_replicas_and_is_checked_at_parse_time():
+    import pydantic
+    import pytest
+
+    from qrhead_vllm.serve.args import DeploymentOptions
+
+    scaled = DeploymentOptions(num_replicas=3,
+                               autoscaling_config={"min_replicas": 1, "max_replicas": 2})
+    assert "num_replicas" not in scaled.serve_options()       # Serve refuses both at once
+    assert scaled.serve_options()["autoscaling_config"]["max_replicas"] == 2
+    assert DeploymentOptions(num_replicas=3).serve_options()["num_replicas"] == 3
+    with pytest.raises(pydantic.ValidationError, match="must be greater than or equal"):
+        DeploymentOptions(autoscaling_config={"min_replicas": 3, "max_replicas": 1})
+    with pytest.raises(pydantic.ValidationError, match=r"unknown field\(s\) \['max_replica'\]"):
+        DeploymentOptions(autoscaling_config={"max_replica": 2})   # Serve would ignore it

@@ -144,43 +144,32 @@ def table(rows: list[dict]) -> str:
 
 
 def run(args) -> tuple[list[dict], dict]:
-    from ray import serve
-
     from qrhead_vllm.serve.args import QRHeadServeConfig
-    from bench.serve.local_cluster import LocalCluster, NodeSpec, deploy
+    from bench.serve.local_cluster import deployed
 
     cfg = QRHeadServeConfig.from_yaml(CONFIG, **{"http.host": "127.0.0.1", "http.api_key_file": None})
-    node_b = NodeSpec("node_b")
-    with LocalCluster([NodeSpec("node_a"), node_b]) as cluster:
-        cluster.connect(log_to_driver=False)
-        try:
-            t = time.monotonic()
-            url = deploy(cluster, cfg)["node_a"]
-            deploy_s = time.monotonic() - t
-            ss = streams(args.rate, args.chat_rate, args.docs)
-            for s in ss:                                   # first-request costs out
-                httpx.post(url + s.path, json=s.bodies[0], timeout=600).raise_for_status()
-            events: dict[str, float] = {}
-            t0 = time.monotonic()
+    with deployed(cfg) as (cluster, urls, deploy_s):
+        url = urls["node_a"]
+        ss = streams(args.rate, args.chat_rate, args.docs)
+        for s in ss:                                   # first-request costs out
+            httpx.post(url + s.path, json=s.bodies[0], timeout=600).raise_for_status()
+        events: dict[str, float] = {}
+        t0 = time.monotonic()
+        node_b = cluster.nodes["node_b"].spec
 
-            def fault() -> None:
-                time.sleep(args.before)
-                events["kill"] = time.monotonic() - t0
-                cluster.kill_node("node_b")
-                if args.replace:
-                    cluster.start_node(node_b)
-                    events["replacement_joined"] = time.monotonic() - t0
+        def fault() -> None:
+            time.sleep(args.before)
+            events["kill"] = time.monotonic() - t0
+            cluster.kill_node("node_b")
+            if args.replace:
+                cluster.start_node(node_b)
+                events["replacement_joined"] = time.monotonic() - t0
 
-            killer = threading.Thread(target=fault)
-            killer.start()
-            asyncio.run(drive(url, ss, args.before + args.after, t0, args.timeout))
-            killer.join()
-            rows = [summary(s, events["kill"]) for s in ss]
-            facts = {"deploy_s": deploy_s, **events}
-            return rows, facts
-        finally:
-            serve.shutdown()
-            cluster.disconnect()
+        killer = threading.Thread(target=fault)
+        killer.start()
+        asyncio.run(drive(url, ss, args.before + args.after, t0, args.timeout))
+        killer.join()
+        return [summary(s, events["kill"]) for s in ss], {"deploy_s": deploy_s, **events}
 
 
 def main(argv: list[str] | None = None) -> int:

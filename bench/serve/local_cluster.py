@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,6 +263,24 @@ def deploy(cluster: LocalCluster, cfg, proxy_location: str = "EveryNode",
     for url in urls.values():
         wait_healthy(url, timeout_s)
     return urls
+
+
+@contextmanager
+def deployed(cfg, nodes: tuple[str, ...] = ("node_a", "node_b")):
+    """A cluster of one-CPU ``nodes`` with ``cfg``'s app deployed on it (this process
+    connected): yields ``(cluster, {node name: base URL}, seconds the deploy took)``; Serve
+    shut down and every node stopped on exit."""
+    from ray import serve
+
+    with LocalCluster([NodeSpec(name) for name in nodes]) as cluster:
+        cluster.connect(log_to_driver=False)
+        try:
+            start = time.monotonic()
+            urls = deploy(cluster, cfg)
+            yield cluster, urls, time.monotonic() - start
+        finally:
+            serve.shutdown()
+            cluster.disconnect()
 
 
 _ALIVE_SCRIPT = """
