@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.speed.bf16 import rank_agreement
+from bench.speed.bf16 import rank_agreement, score_pairs
 from qrhead_vllm import QRHeadRanker
 from qrhead_vllm.datasets import load_shared
 
@@ -21,11 +21,6 @@ HAS_AMX = torch.cpu._is_amx_tile_supported()
 pytestmark = [pytest.mark.amx, pytest.mark.slow,
               pytest.mark.skipif(not HAS_AMX, reason="needs a CPU with AMX tiles (amx marker)")]
 DL19_TOP20 = Path(__file__).resolve().parent / "data" / "dl19-top20.jsonl"
-
-
-def _scores(ranker, example) -> list[float]:
-    ranking = ranker.rank(example.query, list(example.documents))
-    return [ranking.get_result_by_docid(d.doc_id).score for d in example.documents]
 
 
 def test_amx_engine_ranks_dl19_as_the_port_in_bf16(monkeypatch):
@@ -36,7 +31,7 @@ def test_amx_engine_ranks_dl19_as_the_port_in_bf16(monkeypatch):
     try:
         isas = attention_isas(engine)
         assert isas == {"amx"}, f"expected vLLM to pick the amx ISA, got {isas}"
-        pairs = [(_scores(engine, e), _scores(port, e)) for e in examples]
+        pairs = score_pairs(engine, port, examples)
     finally:
         engine.close()
         port.close()

@@ -28,6 +28,14 @@ def ndcg_at_10(ranked_ids: Sequence[str], gold: frozenset[str]) -> float:
     return dcg / ideal if ideal else 0.0
 
 
+def score_pairs(a, b, examples) -> list[tuple[list[float], list[float]]]:
+    """Each example's document scores from two rankers, both in the example's document order."""
+    def scores(ranker, example) -> list[float]:
+        ranking = ranker.rank(example.query, list(example.documents))
+        return [ranking.get_result_by_docid(d.doc_id).score for d in example.documents]
+    return [(scores(a, e), scores(b, e)) for e in examples]
+
+
 def rank_agreement(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]
                    ) -> tuple[float, float, float]:
     """Mean and lowest Kendall tau-b over (scores, scores) pairs of the same documents, and the

@@ -14,18 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.speed.bf16 import rank_agreement
+from bench.speed.bf16 import rank_agreement, score_pairs
 from qrhead_vllm.datasets import load_shared
 from qrhead_vllm.ranker import QRHeadRanker
 
 pytestmark = pytest.mark.slow
 DL19_TOP20 = Path(__file__).resolve().parents[1] / "data" / "dl19-top20.jsonl"
 QUERIES = 10
-
-
-def _scores(ranker, example) -> list[float]:
-    ranking = ranker.rank(example.query, list(example.documents))
-    return [ranking.get_result_by_docid(d.doc_id).score for d in example.documents]
 
 
 def test_torch_native_bf16_ranks_dl19_as_the_port_in_bf16():
@@ -35,7 +30,7 @@ def test_torch_native_bf16_ranks_dl19_as_the_port_in_bf16():
     port = QRHeadRanker("smollm2-135m", backend="transformers", dtype="bfloat16")
     try:
         assert engine.backend.engine.server_args.dtype == "bfloat16"
-        pairs = [(_scores(engine, e), _scores(port, e)) for e in examples]
+        pairs = score_pairs(engine, port, examples)
     finally:
         engine.close()
         port.close()
