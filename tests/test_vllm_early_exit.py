@@ -145,11 +145,11 @@ def test_the_worker_refuses_an_unverified_model_class():
 
     from qrhead_vllm.integration.vllm.layer_cut import check_cut
     config = SimpleNamespace(
-        model_config=SimpleNamespace(architectures=["Qwen2ForCausalLM"],
-                                     get_total_num_hidden_layers=lambda: 28),
+        model_config=SimpleNamespace(architectures=["Gemma3ForCausalLM"],
+                                     get_total_num_hidden_layers=lambda: 18),
         parallel_config=SimpleNamespace(pipeline_parallel_size=1))
-    with pytest.raises(EngineCompatibilityError, match="Qwen2ForCausalLM"):
-        check_cut(config, 20)
+    with pytest.raises(EngineCompatibilityError, match="Gemma3ForCausalLM"):
+        check_cut(config, 12)
 
 
 def test_admission_rules_of_a_score_only_engine():
