@@ -234,6 +234,11 @@ class HTTPConfig(_Config):
     metrics_needs_key: bool = Field(
         True, description="/metrics asks for a key too (Prometheus can send one: "
                           "authorization.credentials); false: open, like /health.")
+    replica_wait_s: float = Field(
+        60, gt=0, description="How long a request may wait for an engine replica to take it "
+                              "(none running: restarting, its node lost; or all at "
+                              "max_ongoing_requests) before a 503 with Retry-After; the work "
+                              "itself is not bounded (a long generation is never cut).")
     ingress: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(ray_actor_options={"num_cpus": 0}),
         description="The ingress only parses and routes; it reserves no CPU by default.")

@@ -35,7 +35,7 @@ from qrhead_vllm.serve.errors import (BodySizeLimit, check_json_depth, install_h
                                      parse_json_body)
 from qrhead_vllm.serve.metrics import CONTENT_TYPE, cluster_metrics
 from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, RerankRequest, parse_rerank
-from qrhead_vllm.serve.resilience import call_engine, engine_error, unhealthy
+from qrhead_vllm.serve.resilience import open_stream, unhealthy
 
 RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
 PROXY_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
@@ -43,28 +43,29 @@ SKIP_REQUEST_HEADERS = {"host", "content-length", "transfer-encoding", "connecti
 
 
 class Upstream:
-    """Typed calls into the engine servers (serve/server.py); every failure becomes an APIError
-    in :meth:`call`, the one place that maps them (a lost or full engine: a 503 with
-    Retry-After, see serve/resilience.py)."""
+    """Typed calls into the engine servers (serve/server.py). Each is a stream opened by
+    serve/resilience.py:open_stream, the one place that bounds the wait for a replica and maps
+    every failure to an APIError (a lost, late or full engine: a 503 with Retry-After)."""
 
-    def __init__(self, generator, retriever):
+    def __init__(self, generator, retriever, replica_wait_s: float):
         self.generator, self.retriever = generator, retriever
+        self.replica_wait_s = replica_wait_s
 
     async def rerank(self, req: RerankRequest) -> dict[str, Any]:
-        return await self.call(self.retriever.rerank.remote, req)
+        return await self.score("rerank", req)
 
     async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
                        rescore_candidates: int, heads: str | None,
                        calibrate: bool | None) -> dict[str, Any]:
-        return await self.call(self.retriever.retrieve.remote, question, passages, top_k,
-                               rescore_candidates, heads, calibrate)
+        return await self.score("retrieve", question, passages, top_k, rescore_candidates,
+                                heads, calibrate)
 
-    @staticmethod
-    async def call(remote, *args) -> Any:
-        """Await one handle call. Scoring is idempotent, so a call that lost its replica is
-        sent once more; whatever it raises (a client mistake, or a failure behind the handle,
-        wrapped by Ray) leaves as the APIError serve/resilience.py maps it to."""
-        return await call_engine("retriever", lambda: remote(*args), idempotent=True)
+    async def score(self, method: str, *args) -> dict[str, Any]:
+        """One retriever call: its single answer (scoring is idempotent, so a call that lost
+        its replica is sent once more; serve/resilience.py)."""
+        remote = getattr(self.retriever.options(stream=True), method).remote
+        result, _ = await open_stream("retriever", lambda: remote(*args), self.replica_wait_s)
+        return result
 
     async def health(self) -> None:
         """The retriever's check_health (a scoring probe at most every 30 s); 503 if it fails."""
@@ -76,13 +77,9 @@ class Upstream:
     async def open(self, method: str, path: str, query: str, headers: list[tuple[str, str]],
                    body: bytes) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
         """Start an HTTP exchange with vLLM's app: (status + headers, remaining body chunks)."""
-        stream = self.generator.options(stream=True).openai.remote(method, path, query,
-                                                                   headers, body)
-        try:
-            start = await stream.__anext__()
-        except Exception as e:
-            stream.cancel()
-            raise engine_error("generator", e) from None
+        remote = self.generator.options(stream=True).openai.remote
+        start, stream = await open_stream(
+            "generator", lambda: remote(method, path, query, headers, body), self.replica_wait_s)
         return start, _drain(stream)
 
 
@@ -184,7 +181,8 @@ class QRHeadIngress:
     """Ray Serve ingress; ``generator`` and ``retriever`` may be the same deployment."""
 
     def __init__(self, generator, retriever, cfg: QRHeadServeConfig):
-        self.upstream, self.cfg = Upstream(generator, retriever), cfg
+        self.upstream = Upstream(generator, retriever, cfg.http.replica_wait_s)
+        self.cfg = cfg
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return build_ingress_app(self.upstream, self.cfg)

@@ -3,11 +3,15 @@
 * **Over the bound** (the engine deployment's ``max_queued_requests`` is reached, Serve raises
   ``BackPressureError`` on the handle): 503 with ``Retry-After`` at once, never a wait without
   end.
+* **No replica takes it in time** (none running: restarting, its node lost; or all at
+  ``max_ongoing_requests``): every engine call is a stream whose first item says a replica has
+  taken it (serve/server.py:ACCEPTED); after ``replica_wait_s`` without it, 503 with
+  ``Retry-After``. The work itself is not bounded: a long generation is never cut.
 * **Replica gone** (killed, crashed, its node lost: ``RayActorError`` and kin, or the engine
-  inside it died): an idempotent call (a rerank, the retrieval of an answer) is sent once more;
-  Serve routes it to another replica, or to the restarted one, and we wait at most
-  ``retry_timeout_s`` for it. A call that cannot be repeated (a generation already streaming)
-  or a retry that fails too gets a 503 with ``Retry-After``.
+  inside it died) before the first item of the answer: nothing has reached the client, so the
+  call is sent once more; Serve routes it to another replica, or to the restarted one, within
+  the same bound. A stream that fails later, or a retry that fails too, gets a 503 with
+  ``Retry-After``.
 * **Never Ray internals in a body**: every Ray system error becomes that 503 with a plain
   message naming the role (retriever / generator); the details go to the log.
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi.responses import JSONResponse
 
@@ -27,7 +31,6 @@ from qrhead_vllm.serve.errors import APIError, to_api_error, unwrap
 
 logger = logging.getLogger(__name__)
 
-RETRY_TIMEOUT_S = 90.0      # a CPU engine replica restarts in ~40 s on the 2-core box
 RESTART_RETRY_AFTER_S = 10
 BUSY_RETRY_AFTER_S = 1
 # vLLM's error when the engine core inside a live replica died: the replica's health check
@@ -94,21 +97,37 @@ def unhealthy(role: str, exc: BaseException) -> APIError:
     return Unavailable(f"the {role} cannot serve: {reason}", RESTART_RETRY_AFTER_S)
 
 
-async def call_engine(role: str, send: Callable[[], Awaitable[Any]], idempotent: bool,
-                      retry_timeout_s: float = RETRY_TIMEOUT_S) -> Any:
-    """``await send()``; on a lost replica, once more (idempotent calls only) within
-    ``retry_timeout_s``; every failure leaves as an APIError (see module docstring)."""
+async def open_stream(role: str, send: Callable[[], Any],
+                      replica_wait_s: float) -> tuple[Any, AsyncIterator[Any]]:
+    """Start a streamed engine call, ``send()`` (a Serve ``DeploymentResponseGenerator``).
+
+    Returns the first item after ACCEPTED (a result, or an HTTP response start) and the stream
+    for the rest. Every failure leaves as an APIError (see the module docstring).
+    """
+    for attempt in (1, 2):
+        stream = send()
+        try:
+            await _accepted(stream, role, replica_wait_s)
+            return await stream.__anext__(), stream
+        except Exception as e:                  # noqa: BLE001 - mapped, never swallowed
+            stream.cancel()
+            if isinstance(e, APIError):
+                raise
+            if attempt == 2 or not is_replica_gone(e):
+                raise engine_error(role, e) from None
+            logger.warning("the %s replica was lost before it answered (%r); sending the "
+                           "request once more", role, unwrap(e))
+    raise AssertionError("unreachable")
+
+
+async def _accepted(stream, role: str, replica_wait_s: float) -> None:
+    from qrhead_vllm.serve.server import ACCEPTED
     try:
-        return await send()
-    except Exception as e:                      # noqa: BLE001 - mapped, never swallowed
-        if not (idempotent and is_replica_gone(e)):
-            raise engine_error(role, e) from None
-        logger.warning("the %s replica was lost during a request (%r); retrying once",
-                       role, unwrap(e))
-    try:
-        return await asyncio.wait_for(send(), retry_timeout_s)
+        first = await asyncio.wait_for(stream.__anext__(), replica_wait_s)
     except asyncio.TimeoutError:
-        raise Unavailable(f"the {role} did not recover within {retry_timeout_s:.0f} s; retry "
-                          f"in {RESTART_RETRY_AFTER_S} s", RESTART_RETRY_AFTER_S) from None
-    except Exception as e:                      # noqa: BLE001
-        raise engine_error(role, e) from None
+        raise Unavailable(f"no {role} replica could take the request within "
+                          f"{replica_wait_s:.0f} s (restarting, or all busy); retry in "
+                          f"{RESTART_RETRY_AFTER_S} s", RESTART_RETRY_AFTER_S) from None
+    if first != ACCEPTED:
+        raise RuntimeError(f"the {role} stream began with {first!r}, not {ACCEPTED!r}: the "
+                           "ingress and the engine servers come from different versions")

@@ -7,6 +7,10 @@ event loop, ``check_health`` for Serve's probe, and plain async methods the ingr
 through its handle (``handle.rerank.remote(req)``). Failures cross the handle as exceptions
 (``APIError`` or a ``QRHeadError``, both picklable); the ingress maps them to HTTP in one place
 (``serve/ingress.py``).
+
+Every method the ingress calls is a stream whose first item is :data:`ACCEPTED`: the ingress
+bounds how long a request may wait for a replica to take it (none running, or all full) without
+bounding the work itself (serve/resilience.py:open_stream).
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from qrhead_vllm.serve.args import EngineConfig, RetrieverConfig
 from qrhead_vllm.serve.errors import APIError
 from qrhead_vllm.serve.health import ScoringProbe
 from qrhead_vllm.serve.rerank import RerankRequest
+
+# The first item of every engine stream: a replica has taken the request. What follows is the
+# answer (rerank, retrieve) or the HTTP response start and body (openai).
+ACCEPTED = "accepted"
 
 
 def served_names(cfg: EngineConfig, model_id: str) -> list[str]:
@@ -45,16 +53,19 @@ class RetrieverMixin:
         self.retriever = Retriever(cfg, backend, names)
         self.probe = ScoringProbe()      # check_health scores when no request did lately
 
-    async def rerank(self, req: RerankRequest) -> dict[str, Any]:
-        """One validated ``/v1/rerank`` request → its response body."""
-        return await self._scored(self._retriever().rerank, req)
+    async def rerank(self, req: RerankRequest) -> AsyncIterator[str | dict[str, Any]]:
+        """Streamed: ACCEPTED, then one validated ``/v1/rerank`` request's response body."""
+        yield ACCEPTED
+        yield await self._scored(self._retriever().rerank, req)
 
     async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
                        rescore_candidates: int, heads: str | None = None,
-                       calibrate: bool | None = None) -> dict[str, Any]:
-        """The retrieval half of ``/v1/answer``: the best ``top_k`` passages, cited."""
-        return await self._scored(self._retriever().retrieve, question, passages, top_k,
-                                  rescore_candidates, heads, calibrate)
+                       calibrate: bool | None = None) -> AsyncIterator[str | dict[str, Any]]:
+        """Streamed: ACCEPTED, then the retrieval half of ``/v1/answer``: the best ``top_k``
+        passages, cited."""
+        yield ACCEPTED
+        yield await self._scored(self._retriever().retrieve, question, passages, top_k,
+                                 rescore_candidates, heads, calibrate)
 
     async def check_retriever(self) -> None:
         """Raise unless the retriever can score (a rate-limited tiny request, see

@@ -21,7 +21,8 @@ from typing import Any, AsyncIterator, Iterator
 
 from qrhead_vllm.models import resolve_model
 from qrhead_vllm.serve.args import EngineConfig
-from qrhead_vllm.serve.server import RetrieverMixin, check_roles, no_generator, served_names
+from qrhead_vllm.serve.server import (ACCEPTED, RetrieverMixin, check_roles, no_generator,
+                                      served_names)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class SGLangServer(RetrieverMixin):
     async def openai(self, method: str, path: str, query: str, headers: list[tuple[str, str]],
                      body: bytes) -> AsyncIterator[dict[str, Any] | bytes]:
         """The generator role is not served here: a 404 that says what to configure."""
+        yield ACCEPTED
         async for item in no_generator(path, " (an SGLang retriever: configure a vLLM "
                                              "generator for the OpenAI routes)"):
             yield item

@@ -20,7 +20,8 @@ from qrhead_vllm.models import resolve_model
 from qrhead_vllm.ranker import score_only_kwargs
 from qrhead_vllm.serve.args import EngineConfig
 from qrhead_vllm.serve.generator import build_openai_app, call_asgi, vllm_args
-from qrhead_vllm.serve.server import RetrieverMixin, check_roles, no_generator, served_names
+from qrhead_vllm.serve.server import (ACCEPTED, RetrieverMixin, check_roles, no_generator,
+                                      served_names)
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ class VLLMServer(RetrieverMixin):
 
     async def openai(self, method: str, path: str, query: str, headers: list[tuple[str, str]],
                      body: bytes) -> AsyncIterator[dict[str, Any] | bytes]:
-        """Streamed: one HTTP request through vLLM's OpenAI app (see serve/generator.py)."""
+        """Streamed: ACCEPTED, then one HTTP request through vLLM's OpenAI app (see
+        serve/generator.py)."""
+        yield ACCEPTED
         stream = (call_asgi(self.app, method, path, query, headers, body) if self.app
                   else no_generator(path, ""))
         async for item in stream:

@@ -1,7 +1,8 @@
 """The engine replica's process is SIGKILLed during a stream of reranks (issue 20's finding: the
 request in flight got a 500 naming ActorDiedError). Now no client sees a 500 or a Ray class
 name: the request in flight is retried once (on the restarted replica, within a bound), the
-others wait for it or get a 503 with Retry-After, and the app serves again afterwards.
+others wait for it or get a 503 with Retry-After, and the app serves again afterwards. An
+ingress that may wait only 3 s for a replica answers 503 after 3 s while the engine restarts.
 
 Runs on the session app (no second engine); the fixture waits until the restarted replica
 answers /health, so the modules after this one find the app as they expect. Figures (requests
@@ -25,6 +26,7 @@ from qrhead_vllm.serve.launch import wait_healthy
 pytestmark = pytest.mark.slow
 RAY_INTERNALS = re.compile(r"Ray|Actor|\w+Error\b|\w+Exception\b|Traceback")
 STREAM_REQUESTS, INTERVAL_S = 40, 0.5        # 2 per second for 20 s, the kill after the 4th
+IMPATIENT_WAIT_S = 3                         # far below the ~40 s a replica takes to restart
 
 
 def engine_replica_pid(app_name: str) -> int:
@@ -38,7 +40,10 @@ async def send(client: httpx.AsyncClient, url: str, body: dict) -> httpx.Respons
     return await client.post(f"{url}/v1/rerank", json=body)
 
 
-async def stream_with_kill(url: str, body: dict, kill) -> list[httpx.Response]:
+async def stream_with_kill(url: str, body: dict, kill,
+                           impatient_url: str) -> tuple[list[httpx.Response], httpx.Response]:
+    """The stream through ``url``, and one request through ``impatient_url`` (an ingress
+    that waits only IMPATIENT_WAIT_S for a replica) a second after the kill."""
     async with httpx.AsyncClient(timeout=600) as client:
         tasks = []
         for i in range(STREAM_REQUESTS):
@@ -46,8 +51,10 @@ async def stream_with_kill(url: str, body: dict, kill) -> list[httpx.Response]:
             if i == 3:
                 await asyncio.sleep(0.2)        # that request is now inside the engine
                 kill()
+                await asyncio.sleep(1)
+                impatient = asyncio.create_task(send(client, impatient_url, body))
             await asyncio.sleep(INTERVAL_S)
-        return await asyncio.gather(*tasks)
+        return await asyncio.gather(*tasks), await impatient
 
 
 def test_redeploy_drains_the_requests_in_flight(serve_app):
@@ -89,14 +96,27 @@ def test_replica_killed_during_reranks_gives_no_500_and_no_ray_names(serve_app):
     children = psutil.Process(pid).children(recursive=True)    # vLLM's engine core
     case = serve_app.cases[1]           # ten HotpotQA paragraphs: about a second of scoring
     body = {"model": "smollm2-135m", "query": case["query"], "documents": case["documents"]}
+    from ray import serve
+
+    from tests.serve_harness import deploy_extra_ingress
+
+    cfg = serve_app.config.model_copy(deep=True)
+    cfg.http.replica_wait_s = IMPATIENT_WAIT_S
+    impatient_url = deploy_extra_ingress(serve_app, "impatient", cfg)
     try:
-        responses = asyncio.run(stream_with_kill(serve_app.url, body,
-                                                 lambda: os.kill(pid, signal.SIGKILL)))
+        responses, impatient = asyncio.run(stream_with_kill(
+            serve_app.url, body, lambda: os.kill(pid, signal.SIGKILL), impatient_url))
         wait_healthy(serve_app.url, timeout_s=900)
     finally:
+        serve.delete("impatient")
         for child in children:          # the killed replica's orphans, if they outlive it
             if child.is_running():
                 child.kill()
+    # No replica can take a request while the engine restarts: the impatient ingress says so
+    # after its bound instead of holding the client until the restart.
+    assert impatient.status_code == 503, impatient.text
+    assert f"within {IMPATIENT_WAIT_S} s" in impatient.json()["message"], impatient.text
+    assert not RAY_INTERNALS.search(impatient.text), impatient.text
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503}, statuses
     for r in responses:

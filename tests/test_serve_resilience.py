@@ -1,6 +1,7 @@
 """The ingress's fault policy (serve/resilience.py) on Ray's real exception classes: a full queue
-or a lost replica is a 503 with Retry-After and a plain message, an idempotent call is retried
-once within a bound, and a down generator leaves /v1/rerank working.
+or a lost replica is a 503 with Retry-After and a plain message, a call whose replica was lost
+before it answered is sent once more, a call no replica takes in time is a 503, and a down
+generator leaves /v1/rerank working.
 
 The replica kill on the real app is in test_serve_faults.py.
 """
@@ -20,8 +21,11 @@ from qrhead_vllm.errors import ContextOverflowError
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.health import EngineCannotScore, ScoringProbe
 from qrhead_vllm.serve.ingress import Upstream, build_ingress_app
-from qrhead_vllm.serve.resilience import (BUSY_RETRY_AFTER_S, Unavailable, call_engine,
-                                          engine_error, is_replica_gone)
+from qrhead_vllm.serve.resilience import (BUSY_RETRY_AFTER_S, Unavailable, engine_error,
+                                          is_replica_gone, open_stream)
+from qrhead_vllm.serve.server import ACCEPTED
+
+WAIT_S = QRHeadServeConfig().http.replica_wait_s
 
 RAY_NAMES = ("Ray", "Actor", "BackPressure", "EngineDead")
 
@@ -58,69 +62,105 @@ def test_unavailable_crosses_a_handle_intact():
     assert (err.status, err.retry_after_s, err.message) == (503, 7, "the generator is unavailable")
 
 
-class Flaky:
-    """send() for call_engine: raises the given errors in turn, then answers."""
+class Stream:
+    """A Serve response stream: ACCEPTED (unless it never gets a replica), then ``items``; an
+    item that is an exception is raised there."""
 
-    def __init__(self, *errors, hang=False):
-        self.errors, self.hang, self.calls = list(errors), hang, 0
+    def __init__(self, *items, accepted=True):
+        self.items = ([ACCEPTED] if accepted else []) + list(items)
+        self.cancelled = False
 
-    async def __call__(self):
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if not self.items:
+            if self.cancelled:
+                raise StopAsyncIteration
+            await asyncio.sleep(60)             # waiting for a replica that never comes
+        item = self.items.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class Sender:
+    """send() for open_stream: one prepared stream per call."""
+
+    def __init__(self, *streams):
+        self.streams, self.calls = list(streams), 0
+
+    def __call__(self):
         self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        if self.hang:
-            await asyncio.sleep(60)
-        return "scores"
+        return self.streams.pop(0)
 
 
-def test_idempotent_call_is_retried_once():
-    send = Flaky(ActorDiedError())
-    assert asyncio.run(call_engine("retriever", send, idempotent=True)) == "scores"
+def test_a_call_whose_replica_was_lost_before_it_answered_is_sent_once_more():
+    send = Sender(Stream(ActorDiedError()), Stream("scores"))
+    assert asyncio.run(open_stream("retriever", send, WAIT_S))[0] == "scores"
     assert send.calls == 2
 
 
-@pytest.mark.parametrize("send,idempotent,calls", [
-    (Flaky(ActorDiedError()), False, 1),                          # not repeatable: no retry
-    (Flaky(ActorDiedError(), ActorDiedError()), True, 2),         # the retry fails too
-    (Flaky(ActorDiedError(), hang=True), True, 2),                # no replica within the bound
-], ids=["not-idempotent", "retry-fails", "retry-times-out"])
-def test_unrecovered_call_is_a_plain_503(send, idempotent, calls):
+def test_a_long_answer_is_not_cut_by_the_wait_for_a_replica():
+    class Slow(Stream):
+        async def __anext__(self):
+            if self.items == ["start"]:
+                await asyncio.sleep(0.3)        # the work: longer than the wait bound
+            return await super().__anext__()
+
+    start, _ = asyncio.run(open_stream("generator", Sender(Slow("start")), replica_wait_s=0.1))
+    assert start == "start"
+
+
+@pytest.mark.parametrize("streams,calls", [
+    ([Stream(ActorDiedError()), Stream(ActorDiedError())], 2),     # the retry fails too
+    ([Stream(ActorDiedError()), Stream(accepted=False)], 2),       # no replica within the bound
+    ([Stream(accepted=False)], 1),                                 # none from the start
+], ids=["retry-fails", "retry-waits-too-long", "no-replica"])
+def test_unrecovered_call_is_a_plain_503(streams, calls):
+    send = Sender(*streams)
     with pytest.raises(Unavailable) as err:
-        asyncio.run(call_engine("retriever", send, idempotent, retry_timeout_s=0.2))
-    assert_plain_503(err.value, "retriever")
-    assert send.calls == calls
+        asyncio.run(open_stream("generator", send, replica_wait_s=0.2))
+    assert_plain_503(err.value, "generator")
+    assert send.calls == calls and all(s.cancelled for s in streams)
+
+
+def test_a_stream_that_already_answered_is_not_sent_again():
+    async def read():
+        start, rest = await open_stream("generator", send, WAIT_S)
+        assert start == "start"
+        with pytest.raises(ActorDiedError):     # the client has bytes: the failure is its own
+            await rest.__anext__()
+    send = Sender(Stream("start", ActorDiedError()))
+    asyncio.run(read())
+    assert send.calls == 1
 
 
 class Handle:
-    """A deployment handle whose every call answers ``result`` or raises ``error``, awaited or
-    streamed (``handle.options(stream=True).openai.remote(...)``)."""
+    """A deployment handle whose every call answers ``result`` or raises ``error``: awaited
+    (``handle.check_health.remote()``) or streamed (``handle.options(stream=True).rerank...``,
+    ACCEPTED first, as the engine servers do)."""
 
-    def __init__(self, result=None, error=None):
-        self.result, self.error = result, error
+    def __init__(self, result=None, error=None, streaming=False):
+        self.result, self.error, self.streaming = result, error, streaming
 
-    def options(self, **_):
-        return self
+    def options(self, stream=False, **_):
+        return Handle(self.result, self.error, stream)
 
     def __getattr__(self, method):
         return self
 
     def remote(self, *args, **kwargs):
-        return self
+        return Stream(self.error or self.result) if self.streaming else self
 
     def __await__(self):
         if self.error is not None:
             raise self.error
         return self.result
         yield
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        raise self.error
-
-    def cancel(self):
-        pass
 
 
 def test_generator_down_retriever_up():
@@ -130,7 +170,7 @@ def test_generator_down_retriever_up():
 async def _generator_down_retriever_up():
     retrieved = {"id": "r", "model": "m", "results": [], "usage": {},
                  "passages": [{"rank": 1, "text": "P", "index": 0}], "retrieval": {}}
-    upstream = Upstream(Handle(error=ActorDiedError()), Handle(result=retrieved))
+    upstream = Upstream(Handle(error=ActorDiedError()), Handle(result=retrieved), WAIT_S)
     app = build_ingress_app(upstream, QRHeadServeConfig())
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
     r = await client.post("/v1/rerank", json={"query": "q", "documents": ["d"]})
@@ -147,12 +187,12 @@ def test_health_is_503_when_the_retriever_cannot_score():
         for error in (EngineCannotScore("the scoring probe failed: capture broke"),
                       ActorDiedError()):
             cause = RayTaskError("check_health", "tb", error).as_instanceof_cause()
-            app = build_ingress_app(Upstream(Handle(), Handle(error=cause)), QRHeadServeConfig())
+            app = build_ingress_app(Upstream(Handle(), Handle(error=cause), WAIT_S), QRHeadServeConfig())
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
             r = await client.get("/health")
             assert r.status_code == 503 and r.headers["retry-after"], r.text
             assert "retriever" in r.json()["message"] and "EngineCannotScore" not in r.text
-        app = build_ingress_app(Upstream(Handle(), Handle()), QRHeadServeConfig())
+        app = build_ingress_app(Upstream(Handle(), Handle(), WAIT_S), QRHeadServeConfig())
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
         assert (await client.get("/health")).status_code == 200
     asyncio.run(check())

@@ -303,10 +303,20 @@ def test_retriever_prompt_order_comes_from_the_config(smollm2_backend, fields, r
 ])
 def test_what_a_server_raises_reaches_http_as_its_status(exc, status, text):
     # Servers raise across the Ray hop (the exception is pickled); the ingress maps it once.
-    from qrhead_vllm.serve.ingress import Upstream
+    from types import SimpleNamespace
 
-    async def remote(*_):
+    from qrhead_vllm.serve.ingress import Upstream
+    from qrhead_vllm.serve.server import ACCEPTED
+
+    async def rerank(*_):                       # the server's stream: taken, then it raises
+        yield ACCEPTED
         raise pickle.loads(pickle.dumps(exc))
+
+    class Stream:
+        def __init__(self, agen):
+            self.__anext__, self.cancel = agen.__anext__, lambda: None
+    handle = SimpleNamespace(options=lambda stream: SimpleNamespace(
+        rerank=SimpleNamespace(remote=lambda *a: Stream(rerank(*a)))))
     with pytest.raises(APIError) as err:
-        asyncio.run(Upstream.call(remote))
+        asyncio.run(Upstream(None, handle, 60).score("rerank", None))
     assert err.value.status == status and text in err.value.message

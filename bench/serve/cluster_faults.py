@@ -11,9 +11,12 @@ proxy and an ingress replica on each. Open-loop streams through node A's proxy: 
 B gets SIGKILL at once; unless ``--no-replace``, a fresh node with B's resources joins right
 away (what an autoscaler does), so Serve can reschedule the generator and B's ingress replica.
 
-Per stream: requests sent, failed (by status), recovery time (from the kill to the first
-request after which every request succeeded) and p50/p99 latency before the kill and after it.
-A response body that names a Ray class (ActorDiedError, ...) is counted too.
+The client does what the openai SDK does by default: a 503 (or 429) is retried at most twice,
+after the ``Retry-After`` the server sent. Per stream: requests sent, first attempts answered
+503, requests lost (no 200 after the retries; by final status), recovery time (from the kill
+to the first request after which every first attempt succeeded) and p50/p99 latency (retries
+included) before the kill and after it. A response body that names a Ray class
+(ActorDiedError, ...) is counted too.
 """
 
 from __future__ import annotations
@@ -42,11 +45,16 @@ RAY_NAMES = ("ActorDiedError", "RayActorError", "RayTaskError", "ActorUnavailabl
              "ray.exceptions", "RaySystemError")
 
 
+RETRIED = (429, 503)          # what the server marks as "try again" (with Retry-After)
+MAX_RETRIES = 2                 # the openai SDK's default
+
+
 @dataclass
 class Sent:
     t: float                    # send time, seconds after the stream began
-    status: int                 # 0: no HTTP answer (connection error, client timeout)
-    latency: float
+    status: int                 # the last attempt's; 0: no HTTP answer (connection, timeout)
+    latency: float              # to the last answer, retries and their waits included
+    first_status: int
     ray_internals: bool = False
 
 
@@ -71,15 +79,26 @@ def streams(rate: float, chat_rate: float, docs_per_request: int) -> list[Stream
             Stream("chat (generator on B)", "/v1/chat/completions", chat, chat_rate)]
 
 
+async def attempt(http: httpx.AsyncClient, path: str, body: dict) -> tuple[int, str, float]:
+    """(status, body, Retry-After in seconds or 0) of one POST."""
+    try:
+        r = await http.post(path, json=body)
+    except httpx.HTTPError as e:
+        return 0, repr(e), 0.0
+    return r.status_code, r.text, float(r.headers.get("retry-after", 0) or 0)
+
+
 async def one(http: httpx.AsyncClient, s: Stream, body: dict, t0: float) -> None:
     start = time.monotonic()
-    try:
-        r = await http.post(s.path, json=body)
-        status, text = r.status_code, r.text
-    except httpx.HTTPError as e:
-        status, text = 0, repr(e)
-    s.sent.append(Sent(start - t0, status, time.monotonic() - start,
-                       status != 200 and any(n in text for n in RAY_NAMES)))
+    status, text, wait = first = await attempt(http, s.path, body)
+    ray_internals = status != 200 and any(n in text for n in RAY_NAMES)
+    for _ in range(MAX_RETRIES):
+        if status not in RETRIED:
+            break
+        await asyncio.sleep(min(wait, 60) or 1)
+        status, text, wait = await attempt(http, s.path, body)
+        ray_internals |= status != 200 and any(n in text for n in RAY_NAMES)
+    s.sent.append(Sent(start - t0, status, time.monotonic() - start, first[0], ray_internals))
 
 
 async def drive(url: str, ss: list[Stream], duration: float, t0: float,
@@ -105,9 +124,9 @@ def pct(xs: list[float], q: float) -> float | None:
 
 def summary(s: Stream, t_kill: float) -> dict:
     sent = sorted(s.sent, key=lambda x: x.t)
-    failed = [x for x in sent if x.status != 200]
+    lost = [x for x in sent if x.status != 200]
     after = [x for x in sent if x.t >= t_kill]
-    last_bad = max((x.t for x in after if x.status != 200), default=None)
+    last_bad = max((x.t for x in after if x.first_status != 200), default=None)
     recovered = [x.t for x in after if last_bad is not None and x.t > last_bad]
     if last_bad is None:
         recovery = 0.0
@@ -116,11 +135,12 @@ def summary(s: Stream, t_kill: float) -> dict:
     else:
         recovery = None                           # never recovered within the run
     codes: dict[str, int] = {}
-    for x in failed:
+    for x in lost:
         codes[str(x.status or "no answer")] = codes.get(str(x.status or "no answer"), 0) + 1
     ok_lat = lambda xs: [x.latency for x in xs if x.status == 200]  # noqa: E731
     before = [x for x in sent if x.t < t_kill]
-    return {"stream": s.name, "sent": len(sent), "failed": len(failed), "codes": codes,
+    return {"stream": s.name, "sent": len(sent), "lost": len(lost), "codes": codes,
+            "first_503": sum(x.first_status == 503 for x in sent),
             "ray_internals": sum(x.ray_internals for x in sent), "recovery_s": recovery,
             "p50_before": pct(ok_lat(before), 0.5), "p99_before": pct(ok_lat(before), 0.99),
             "p50_after": pct(ok_lat(after), 0.5), "p99_after": pct(ok_lat(after), 0.99)}
@@ -131,12 +151,12 @@ def fmt(x: float | None, unit: str = " s") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| stream (through node A's proxy) | sent | failed (status: n) | bodies naming Ray "
-             "| recovery after the kill | p50 / p99 before | p50 / p99 after |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = ["| stream (through node A's proxy) | sent | first attempt 503 | lost (status: n) "
+             "| bodies naming Ray | recovery after the kill | p50 / p99 before | p50 / p99 after |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(r["codes"].items())) or "-"
-        lines.append(f"| {r['stream']} | {r['sent']} | {r['failed']} ({codes}) | "
+        lines.append(f"| {r['stream']} | {r['sent']} | {r['first_503']} | {r['lost']} ({codes}) | "
                      f"{r['ray_internals']} | {fmt(r['recovery_s'])} | "
                      f"{fmt(r['p50_before'])} / {fmt(r['p99_before'])} | "
                      f"{fmt(r['p50_after'])} / {fmt(r['p99_after'])} |")
