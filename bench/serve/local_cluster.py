@@ -251,6 +251,7 @@ def deploy(cluster: LocalCluster, cfg, proxy_location: str = "EveryNode",
     returns ``{node name: base URL through that node's proxy}`` once every proxy answers."""
     from ray import serve
 
+    from bench.serve.replicas import serve_state
     from qrhead_vllm.serve.builder import build_qrhead_app
     from qrhead_vllm.serve.launch import wait_healthy
 
@@ -260,8 +261,12 @@ def deploy(cluster: LocalCluster, cfg, proxy_location: str = "EveryNode",
               blocking=False)
     prefix = cfg.http.route_prefix.rstrip("/")
     urls = {name: cluster.proxy_url(name) + prefix for name in cluster.nodes}
-    for url in urls.values():
-        wait_healthy(url, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    for name, url in urls.items():
+        try:
+            wait_healthy(url, max(1.0, deadline - time.monotonic()))
+        except TimeoutError as e:       # say which proxy and what Serve thinks of it
+            raise TimeoutError(f"{e}; node {name}'s proxy. {serve_state()}") from None
     return urls
 
 

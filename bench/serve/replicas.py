@@ -1,5 +1,6 @@
 """The replicas behind a Serve deployment: their processes (for the fault benches and tests
-that kill them), their nodes and the calls each answered (autoscaling)."""
+that kill them), their nodes and the calls each answered (autoscaling), and Serve's own view
+when a deploy times out."""
 
 from __future__ import annotations
 
@@ -59,3 +60,15 @@ def served_calls(cluster, deployment: str, method: str,
                     if len(words) >= 2 and words[-2] in seen:   # ... <replica> <request id>
                         seen[words[-2]].add(words[-1])
     return {replica: len(requests) for replica, requests in seen.items()}
+
+
+def serve_state() -> str:
+    """Serve's view (proxies per node, application status) for a deploy that timed out."""
+    from ray import serve
+    try:
+        status = serve.status()
+    except Exception as e:              # noqa: BLE001 - a diagnostic, never the error itself
+        return f"serve.status() failed: {e!r}"
+    proxies = {node[:8]: str(state) for node, state in status.proxies.items()}
+    apps = {name: (str(app.status), app.message) for name, app in status.applications.items()}
+    return f"Serve proxies by node id: {proxies}; applications: {apps}"
