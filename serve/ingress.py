@@ -35,7 +35,7 @@ from qrhead_vllm.serve.errors import (BodySizeLimit, check_json_depth, install_h
                                      parse_json_body)
 from qrhead_vllm.serve.metrics import CONTENT_TYPE, cluster_metrics
 from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, RerankRequest, parse_rerank
-from qrhead_vllm.serve.resilience import open_stream, unhealthy
+from qrhead_vllm.serve.resilience import health_check, open_stream
 
 RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
 PROXY_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
@@ -68,11 +68,10 @@ class Upstream:
         return result
 
     async def health(self) -> None:
-        """The retriever's check_health (a scoring probe at most every 30 s); 503 if it fails."""
-        try:
-            await self.retriever.check_health.remote()
-        except Exception as e:                  # noqa: BLE001 - every failure is "unhealthy"
-            raise unhealthy("retriever", e) from None
+        """The retriever's check_health (a scoring probe at most every 30 s); 503 if it fails,
+        or if no replica answers it within replica_wait_s (restarting, its node lost)."""
+        await health_check("retriever", self.retriever.check_health.remote(),
+                           self.replica_wait_s)
 
     async def open(self, method: str, path: str, query: str, headers: list[tuple[str, str]],
                    body: bytes) -> tuple[dict[str, Any], AsyncIterator[bytes]]:

@@ -86,7 +86,21 @@ def engine_error(role: str, exc: BaseException) -> APIError:
     return to_api_error(exc)
 
 
-def unhealthy(role: str, exc: BaseException) -> APIError:
+async def health_check(role: str, call, wait_s: float) -> None:
+    """Await the ``role`` engine's check_health ``call`` (a Serve response) for at most
+    ``wait_s``; a 503 with Retry-After unless it passed."""
+    try:
+        await asyncio.wait_for(call, wait_s)
+    except asyncio.TimeoutError:
+        call.cancel()
+        raise Unavailable(f"the {role} did not answer its health check within {wait_s:.0f} s "
+                          f"(restarting, or no replica); retry in {RESTART_RETRY_AFTER_S} s",
+                          RESTART_RETRY_AFTER_S) from None
+    except Exception as e:                      # noqa: BLE001 - every failure is "unhealthy"
+        raise _unhealthy(role, e) from None
+
+
+def _unhealthy(role: str, exc: BaseException) -> APIError:
     """/health's answer when the ``role`` engine's check_health failed: always a 503."""
     if is_backpressure(exc) or is_replica_gone(exc):
         return engine_error(role, exc)

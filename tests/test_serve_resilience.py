@@ -144,11 +144,12 @@ class Handle:
     (``handle.check_health.remote()``) or streamed (``handle.options(stream=True).rerank...``,
     ACCEPTED first, as the engine servers do)."""
 
-    def __init__(self, result=None, error=None, streaming=False):
-        self.result, self.error, self.streaming = result, error, streaming
+    def __init__(self, result=None, error=None, streaming=False, hang=False):
+        self.result, self.error, self.streaming, self.hang = result, error, streaming, hang
+        self.cancelled = False
 
     def options(self, stream=False, **_):
-        return Handle(self.result, self.error, stream)
+        return Handle(self.result, self.error, stream, self.hang)
 
     def __getattr__(self, method):
         return self
@@ -157,10 +158,14 @@ class Handle:
         return Stream(self.error or self.result) if self.streaming else self
 
     def __await__(self):
+        if self.hang:                           # no replica to answer
+            yield from asyncio.sleep(60).__await__()
         if self.error is not None:
             raise self.error
         return self.result
-        yield
+
+    def cancel(self):
+        self.cancelled = True
 
 
 def test_generator_down_retriever_up():
@@ -195,6 +200,18 @@ def test_health_is_503_when_the_retriever_cannot_score():
         app = build_ingress_app(Upstream(Handle(), Handle(), WAIT_S), QRHeadServeConfig())
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
         assert (await client.get("/health")).status_code == 200
+    asyncio.run(check())
+
+
+def test_health_is_503_when_no_replica_answers_in_time():
+    async def check():
+        retriever = Handle(hang=True)
+        app = build_ingress_app(Upstream(Handle(), retriever, 0.2), QRHeadServeConfig())
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        r = await client.get("/health")
+        assert r.status_code == 503 and r.headers["retry-after"], r.text
+        assert "did not answer its health check within" in r.json()["message"], r.text
+        assert retriever.cancelled
     asyncio.run(check())
 
 
