@@ -30,7 +30,7 @@ FALLBACK_HEADS = [(7, 7), (8, 0), (14, 3), (15, 6), (17, 0), (17, 3), (17, 4), (
 class Engines:
     full: object                 # QRHeadRanker on the whole model (also builds the prompts)
     early: object                # QRHeadRanker on the score-only engine
-    port: object                 # TransformersBackend
+    port: object | None          # TransformersBackend
     reference: object | None     # ReferenceAlgorithm
     bf16: object | None = None   # QRHeadRanker, score-only, bf16
     small_blocks: object | None = None   # QRHeadRanker, score-only, --calibration-block-size
@@ -39,9 +39,9 @@ class Engines:
         for ranker in (self.full, self.early, self.bf16, self.small_blocks):
             if ranker is not None:
                 ranker.close()
-        self.port.close()
-        if self.reference is not None:
-            self.reference.close()
+        for other in (self.port, self.reference):
+            if other is not None:
+                other.close()
 
 
 def vllm_ranker(args, dtype: str, score_only: bool, block_size: int | None = None):
@@ -62,9 +62,10 @@ def vllm_ranker(args, dtype: str, score_only: bool, block_size: int | None = Non
 
 
 def start_engines(args, facts: dict, bf16: bool, reference: bool,
-                  small_blocks: int | None = None) -> Engines:
-    """Both fp32 vLLM engines, the port, the reference baseline (and the bf16 engine, and a
-    score-only engine with ``small_blocks``-token KV blocks)."""
+                  small_blocks: int | None = None, port: bool = True) -> Engines:
+    """Both fp32 vLLM engines, the port and the reference baseline (each unless left out: a
+    1.5B copy of the weights apiece), the bf16 engine, and a score-only engine with
+    ``small_blocks``-token KV blocks."""
     if not args.multiprocess:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # 3-5× faster start
     from bench.speed.reference_baseline import ReferenceAlgorithm
@@ -74,11 +75,12 @@ def start_engines(args, facts: dict, bf16: bool, reference: bool,
     full = vllm_ranker(args, args.dtype, score_only=False)
     facts["vLLM engine start"] = f"{time.perf_counter() - start:.0f} s"
     early = vllm_ranker(args, args.dtype, score_only=True)
-    port = make_backend("transformers", args.model, args.dtype)
-    port.max_model_len = full.backend.max_model_len        # prompts were checked against vLLM's
+    ported = make_backend("transformers", args.model, args.dtype) if port else None
+    if ported is not None:                      # prompts were checked against vLLM's length
+        ported.max_model_len = full.backend.max_model_len
     model = resolve_model(args.model)
     ref = ReferenceAlgorithm(model.path, model.model_id, args.dtype) if reference else None
-    engines = Engines(full, early, port, ref,
+    engines = Engines(full, early, ported, ref,
                       vllm_ranker(args, "bfloat16", score_only=True) if bf16 else None,
                       vllm_ranker(args, args.dtype, True, small_blocks) if small_blocks else None)
     facts["KV block size"] = (f"{early.backend.llm.llm_engine.vllm_config.cache_config.block_size}"
@@ -190,8 +192,9 @@ def variants(engines: Engines, timer: HookTimer | None) -> dict:
 
     out = {"plain": plain, "capture": capture, "full": scoring(engines.full, True),
            "real": scoring(engines.early, False), "early": scoring(engines.early, True),
-           "early, 2 calls": scoring(engines.early, True, one_call=False),
-           "transformers": unhooked(engines.port)}
+           "early, 2 calls": scoring(engines.early, True, one_call=False)}
+    if engines.port is not None:
+        out["transformers"] = unhooked(engines.port)
     if engines.reference is not None:
         out["reference"] = unhooked(engines.reference)
     if engines.bf16 is not None:

@@ -63,8 +63,9 @@ def parse_args(argv):
     p.add_argument("--lengths", default="4096,8192,16384,32768", help="prompt tokens")
     p.add_argument("--dtype", default="auto", help="auto: bf16 where the CPU has it natively")
     p.add_argument("--reps", type=int, default=1)
-    p.add_argument("--skip", default="", help="comma list of variants to leave out "
-                   "(e.g. reference at 32K: it holds L x H x T x T-sized attention)")
+    p.add_argument("--skip", default="", help="comma list of variants to leave out; "
+                   "transformers and reference also free their copy of the weights (32K on 24 "
+                   "GiB: one of the two)")
     p.add_argument("--note", default="", help="a line on the conditions (e.g. the box's load)")
     p.add_argument("--out", default=None, help="directory for NAME.md")
     p.add_argument("--name", default="long_context", help="file name of the report")
@@ -122,7 +123,8 @@ def main(argv=None) -> None:
     facts = {"command": f"`python bench/speed/long_context.py {shlex.join(args.argv)}`",
              "machine": machine(), "dtype": args.dtype, "when": now(), "commit": git_commit(),
              **({"note": args.note} if args.note else {})}
-    engines = start_engines(args, facts, bf16=False, reference="reference" not in skip)
+    engines = start_engines(args, facts, bf16=False, reference="reference" not in skip,
+                            port="transformers" not in skip)
     facts["CPU attention ISA"] = ", ".join(sorted(attention_isas(engines.full)))
     examples = load_hotpotqa()                  # the shared HotpotQA file
     items = [length_item(engines.full, examples, n, start=i) for i, n in enumerate(args.lengths)]
