@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bench.speed.bf16 import rank_agreement, score_pairs
+from bench.speed.engines import attention_isas
 from qrhead_vllm import QRHeadRanker
 from qrhead_vllm.datasets import load_shared
 
@@ -39,15 +40,3 @@ def test_amx_engine_ranks_dl19_as_the_port_in_bf16(monkeypatch):
     print(f"amx vs port (bf16), {len(pairs)} queries: mean tau {mean:.4f}, min {lowest:.4f}, "
           f"largest score difference {worst:.4g}")
     assert mean >= 0.98 and lowest >= 0.9
-
-
-def attention_isas(ranker) -> set[str]:
-    """The CPU attention ISA of every attention layer of the ranker's engine, from its workers."""
-    replies = ranker.backend.llm.collective_rpc(_layer_isas)
-    return {isa for reply in replies for isa in reply}
-
-
-def _layer_isas(worker) -> list[str]:
-    context = worker.model_runner.compilation_config.static_forward_context
-    return sorted({str(getattr(layer, "isa", None)) for layer in context.values()
-                   if hasattr(layer, "kv_cache") and hasattr(layer, "impl")})

@@ -109,6 +109,18 @@ def engine_memory(engines: Engines) -> list[dict]:
     return rows
 
 
+def attention_isas(ranker) -> set[str]:
+    """The CPU attention ISA vLLM picked for the engine's layers (``vec`` / ``amx``; ``None``
+    off CPU), asked of its workers."""
+    return {isa for reply in ranker.backend.llm.collective_rpc(_layer_isas) for isa in reply}
+
+
+def _layer_isas(worker) -> list[str]:
+    context = worker.model_runner.compilation_config.static_forward_context
+    return sorted({str(getattr(layer, "isa", None)) for layer in context.values()
+                   if hasattr(layer, "kv_cache") and hasattr(layer, "impl")})
+
+
 class HookTimer:
     """Wall time spent inside the capture hook's entry points (in-process engines only: they run
     in this process). Ordinary requests show the lookup they pay; scoring requests the

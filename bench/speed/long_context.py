@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # `python bench/s
 
 from bench.speed.gpu_capture import Shape                                   # noqa: E402
 from bench.report import git_commit, machine, now                     # noqa: E402
-from bench.speed.engines import (HookTimer, engine_memory, start_engines,  # noqa: E402
-                                 variants)
+from bench.speed.engines import (HookTimer, attention_isas, engine_memory,  # noqa: E402
+                                 start_engines, variants)
 from bench.speed.prompts import length_item                           # noqa: E402
 from bench.speed.report import capture_bytes                          # noqa: E402
 from bench.speed.timing import interleave                             # noqa: E402
@@ -149,18 +149,6 @@ def main(argv=None) -> None:
 def _shape_of(ranker):
     f = ranker.backend.facts
     return f.num_layers, f.num_heads, f.num_kv_heads, f.head_dim
-
-
-def attention_isas(ranker) -> set[str]:
-    """The CPU attention ISA vLLM picked for the engine's layers (``vec`` / ``amx``; ``None``
-    off CPU), asked of its workers."""
-    return {isa for reply in ranker.backend.llm.collective_rpc(_layer_isas) for isa in reply}
-
-
-def _layer_isas(worker) -> list[str]:
-    context = worker.model_runner.compilation_config.static_forward_context
-    return sorted({str(getattr(layer, "isa", None)) for layer in context.values()
-                   if hasattr(layer, "kv_cache") and hasattr(layer, "impl")})
 
 
 def report(args, facts, timings, items, memory, shape, block) -> str:
