@@ -31,6 +31,9 @@ from qrhead_vllm.serve.errors import APIError, to_api_error, unwrap
 
 logger = logging.getLogger(__name__)
 
+# The first item of every engine stream (serve/server.py): a replica has taken the request.
+# What follows is the answer (rerank, retrieve) or the HTTP response start and body (openai).
+ACCEPTED = "accepted"
 RESTART_RETRY_AFTER_S = 10
 BUSY_RETRY_AFTER_S = 1
 # vLLM's error when the engine core inside a live replica died: the replica's health check
@@ -135,7 +138,6 @@ async def open_stream(role: str, send: Callable[[], Any],
 
 
 async def _accepted(stream, role: str, replica_wait_s: float) -> None:
-    from qrhead_vllm.serve.server import ACCEPTED
     try:
         first = await asyncio.wait_for(stream.__anext__(), replica_wait_s)
     except asyncio.TimeoutError:

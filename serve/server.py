@@ -4,9 +4,9 @@ One server class per engine (``serve/vllm_server.py``, ``serve/sglang_server.py`
 registry, :mod:`qrhead_vllm.engines`, names which), in the shape of Ray Serve LLM's
 ``LLMServer`` / ``SGLangServer``: an async constructor that starts the engine in the replica's
 event loop, ``check_health`` for Serve's probe, and plain async methods the ingress calls
-through its handle (``handle.rerank.remote(req)``). Failures cross the handle as exceptions
-(``APIError`` or a ``QRHeadError``, both picklable); the ingress maps them to HTTP in one place
-(``serve/ingress.py``).
+through its handle (``handle.options(stream=True).rerank.remote(req)``). Failures cross the
+handle as exceptions (``APIError`` or a ``QRHeadError``, both picklable); the ingress maps them
+to HTTP in one place (``serve/resilience.py:open_stream``).
 
 Every method the ingress calls is a stream whose first item is :data:`ACCEPTED`: the ingress
 bounds how long a request may wait for a replica to take it (none running, or all full) without
@@ -22,10 +22,7 @@ from qrhead_vllm.serve.args import EngineConfig, RetrieverConfig
 from qrhead_vllm.serve.errors import APIError
 from qrhead_vllm.serve.health import ScoringProbe
 from qrhead_vllm.serve.rerank import RerankRequest
-
-# The first item of every engine stream: a replica has taken the request. What follows is the
-# answer (rerank, retrieve) or the HTTP response start and body (openai).
-ACCEPTED = "accepted"
+from qrhead_vllm.serve.resilience import ACCEPTED
 
 
 def served_names(cfg: EngineConfig, model_id: str) -> list[str]:
