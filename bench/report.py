@@ -127,3 +127,11 @@ def bar_chart(rows: Sequence[Row], path: Path, title: str) -> None:
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile of already sorted values (nan when there are none): what
+    the serve benches report as p50 / p95 / p99."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]

@@ -36,7 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))   # `python bench/serve/cluster_faults.py`
 
-from bench.report import git_commit, machine, now  # noqa: E402
+from bench.report import git_commit, machine, now, percentile  # noqa: E402
 from qrhead_vllm import configs  # noqa: E402
 
 CONFIG = configs.path("serve", "cluster-cpu.yaml")
@@ -118,8 +118,7 @@ async def drive(url: str, ss: list[Stream], duration: float, t0: float,
 
 
 def pct(xs: list[float], q: float) -> float | None:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
+    return percentile(sorted(xs), q) if xs else None      # None: printed as "never"
 
 
 def summary(s: Stream, t_kill: float) -> dict:

@@ -33,14 +33,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))   # `python bench/serve/load.py`
 
-from bench.report import git_commit, machine, now  # noqa: E402
+from bench.report import git_commit, machine, now, percentile  # noqa: E402
 from bench.serve.rerank_throughput import workload  # noqa: E402
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 async def post(http: httpx.AsyncClient, body: dict) -> tuple[int, float, float]:

@@ -32,7 +32,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))   # `python bench/serve/rerank_throughput.py`
 
-from bench.report import git_commit, machine, now  # noqa: E402
+from bench.report import git_commit, machine, now, percentile  # noqa: E402
 from qrhead_vllm.datasets import load_hotpotqa  # noqa: E402
 
 START, END = "<!-- bench:rerank_throughput:start -->", "<!-- bench:rerank_throughput:end -->"
@@ -77,7 +77,7 @@ async def run_level(url: str, requests: list[dict], clients: int) -> dict:
     return {"clients": clients, "requests": len(requests), "failed": len(failures),
             "wall_s": wall, "req_s": len(requests) / wall, "docs_s": docs / wall,
             "tok_s": sum(tokens) / wall, "p50_s": statistics.median(lat),
-            "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))]}
+            "p95_s": percentile(lat, 0.95)}
 
 
 def table(rows: list[dict]) -> str:
