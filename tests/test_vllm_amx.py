@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.speed.bf16 import rank_agreement, score_pairs
+from bench.speed.bf16 import agreement_with_port
 from bench.speed.engines import attention_isas
 from qrhead_vllm import QRHeadRanker
 from qrhead_vllm.datasets import load_shared
@@ -26,17 +26,11 @@ DL19_TOP20 = Path(__file__).resolve().parent / "data" / "dl19-top20.jsonl"
 
 def test_amx_engine_ranks_dl19_as_the_port_in_bf16(monkeypatch):
     monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")   # a function sent to workers
-    examples = load_shared(DL19_TOP20)
     engine = QRHeadRanker("smollm2-135m", backend="vllm", dtype="bfloat16", max_model_len=8192)
-    port = QRHeadRanker("smollm2-135m", backend="transformers", dtype="bfloat16")
-    try:
+
+    def picks_amx(engine):
         isas = attention_isas(engine)
         assert isas == {"amx"}, f"expected vLLM to pick the amx ISA, got {isas}"
-        pairs = score_pairs(engine, port, examples)
-    finally:
-        engine.close()
-        port.close()
-    mean, lowest, worst = rank_agreement(pairs)
-    print(f"amx vs port (bf16), {len(pairs)} queries: mean tau {mean:.4f}, min {lowest:.4f}, "
-          f"largest score difference {worst:.4g}")
+    mean, lowest, _ = agreement_with_port(engine, "smollm2-135m", load_shared(DL19_TOP20),
+                                          "amx", picks_amx)
     assert mean >= 0.98 and lowest >= 0.9

@@ -16,7 +16,7 @@ import math
 import random
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 BOOTSTRAP = 10_000
 
@@ -34,6 +34,28 @@ def score_pairs(a, b, examples) -> list[tuple[list[float], list[float]]]:
         ranking = ranker.rank(example.query, list(example.documents))
         return [ranking.get_result_by_docid(d.doc_id).score for d in example.documents]
     return [(scores(a, e), scores(b, e)) for e in examples]
+
+
+def agreement_with_port(engine, model: str, examples, label: str,
+                        check: Callable[[object], None] = lambda engine: None
+                        ) -> tuple[float, float, float]:
+    """``check(engine)``, then rank ``examples`` with ``engine`` and with the transformers port
+    of ``model`` in bf16; both rankers are closed after. Prints and returns
+    :func:`rank_agreement` (the bf16 engine tests' figures)."""
+    from qrhead_vllm.ranker import QRHeadRanker
+    port = None
+    try:
+        check(engine)
+        port = QRHeadRanker(model, backend="transformers", dtype="bfloat16")
+        pairs = score_pairs(engine, port, examples)
+    finally:
+        engine.close()
+        if port is not None:
+            port.close()
+    mean, lowest, worst = rank_agreement(pairs)
+    print(f"{label} vs port (bf16), {len(pairs)} queries: mean tau {mean:.4f}, "
+          f"min {lowest:.4f}, largest score difference {worst:.4g}")
+    return mean, lowest, worst
 
 
 def rank_agreement(pairs: Sequence[tuple[Sequence[float], Sequence[float]]]

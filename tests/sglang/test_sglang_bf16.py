@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.speed.bf16 import rank_agreement, score_pairs
+from bench.speed.bf16 import agreement_with_port
 from qrhead_vllm.datasets import load_shared
 from qrhead_vllm.ranker import QRHeadRanker
 
@@ -24,17 +24,12 @@ QUERIES = 10
 
 
 def test_torch_native_bf16_ranks_dl19_as_the_port_in_bf16():
-    examples = load_shared(DL19_TOP20)[:QUERIES]
     engine = QRHeadRanker("smollm2-135m", backend="sglang", dtype="bfloat16",
                           max_model_len=4096, chunked_prefill_size=4096)
-    port = QRHeadRanker("smollm2-135m", backend="transformers", dtype="bfloat16")
-    try:
+
+    def runs_in_bf16(engine):
         assert engine.backend.engine.server_args.dtype == "bfloat16"
-        pairs = score_pairs(engine, port, examples)
-    finally:
-        engine.close()
-        port.close()
-    mean, lowest, worst = rank_agreement(pairs)
-    print(f"sglang torch_native vs port (bf16), {len(pairs)} queries: mean tau {mean:.4f}, "
-          f"min {lowest:.4f}, largest score difference {worst:.4g}")
+    mean, lowest, _ = agreement_with_port(engine, "smollm2-135m",
+                                          load_shared(DL19_TOP20)[:QUERIES],
+                                          "sglang torch_native", runs_in_bf16)
     assert mean >= 0.98 and lowest >= 0.9
