@@ -1,7 +1,7 @@
 """How many of the top-k heads do head sets detected on different data share?
 
     python scripts/head_overlap.py smollm2-135m-hotpotqa smollm2-135m-musique \\
-        smollm2-135m-hotpotqa-musique --k 16 --out docs/detection-transfer.md
+        smollm2-135m-hotpotqa-musique --k 16 --out docs/results/detection-transfer.md
 
 Each argument is a shipped head-config name or a path. The overlap of two sets is computed on
 their full score tables (``score_table``), so it also works for k larger than the lists kept.

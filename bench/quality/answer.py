@@ -12,7 +12,7 @@ compute them: SQuAD normalisation, best over the answer and its aliases):
     (d) full context   every paragraph, in the dataset's order
     (e) gold           the labelled supporting paragraphs only (the ceiling)
 
-    python bench/quality/answer.py --out docs/                       # library call
+    python bench/quality/answer.py --out docs/results/                       # library call
     python bench/quality/answer.py --url http://127.0.0.1:8000       # + /v1/answer of an app
 
 Questions are processed in chunks: each chunk is retrieved, then every row is generated in one
@@ -301,7 +301,7 @@ def parse_args(argv):
     p.add_argument("--chunk", type=int, default=10, help="questions per batched generation")
     p.add_argument("--url", default=None, help="also score /v1/answer of this running app")
     p.add_argument("--no-library", action="store_true", help="with --url: only the app row")
-    p.add_argument("--out", default="docs")
+    p.add_argument("--out", default="docs/results")
     p.add_argument("--name", default="quality-answer")
     p.add_argument("--append", action="store_true",
                    help="add to the existing JSONL instead of starting it afresh (e.g. another "

@@ -1,10 +1,10 @@
 """Retrieval-quality bench: QRHead head sets vs ICR, random heads, a dense embedder, BM25 and the
 first-stage order, with ranx metrics (graded nDCG as trec_eval), a markdown table and a chart.
 
-    python bench/quality/quality.py --dataset dl19 --out docs/     # one standard bench (bench/quality/standard.py)
-    python bench/quality/quality.py --dataset scifact --out docs/
-    python bench/quality/quality.py --dataset musique --out docs/
-    python bench/quality/quality.py --out docs/                    # HotpotQA evaluation half
+    python bench/quality/quality.py --dataset dl19 --out docs/results/     # one standard bench (bench/quality/standard.py)
+    python bench/quality/quality.py --dataset scifact --out docs/results/
+    python bench/quality/quality.py --dataset musique --out docs/results/
+    python bench/quality/quality.py --out docs/results/                    # HotpotQA evaluation half
     python bench/quality/quality.py --beir-dir DIR --model meta-llama/Llama-3.1-8B-Instruct \\
         --heads llama-3.1-8b-instruct-nq --max-words 400 --reverse-order --num-queries 512 --seed 42
 """
@@ -82,7 +82,7 @@ def parse_args(argv):
     p.add_argument("--random-heads", type=int, default=16, help="heads per random draw")
     p.add_argument("--batch", type=int, default=None,
                    help="queries per engine call (default 1; 16 on vLLM, which batches them)")
-    p.add_argument("--out", default="docs", help="directory for <name>.md and <name>.png")
+    p.add_argument("--out", default="docs/results", help="directory for <name>.md and <name>.png")
     p.add_argument("--name", default=None,
                    help="output file stem (default quality, or quality-beir-DIR)")
     g = p.add_argument_group("BEIR-style reproduction (item 4)")

@@ -1,8 +1,8 @@
 """Long-context bench (issue 19): in-engine capture against the alternatives, side by side in
 one run, at 4K-32K tokens on Qwen2.5-Coder-1.5B (bf16 where the CPU has it natively).
 
-    nice -n 15 python bench/speed/long_context.py --lengths 4096 --out docs/
-    python bench/speed/long_context.py --lengths 32000 --skip transformers --out docs/ \
+    nice -n 15 python bench/speed/long_context.py --lengths 4096 --out docs/results/
+    python bench/speed/long_context.py --lengths 32000 --skip transformers --out docs/results/ \
         --name long_context_32k           # 32K on 24 GiB: leave the port out (60 min here)
 
 Variants (bench/speed_engines.py; every vLLM one starts from an empty prefix cache):

@@ -1,4 +1,4 @@
-"""The speed bench's report: docs/speed.md (provenance, targets, tables) and speed_*.png."""
+"""The speed bench's report: docs/results/speed.md (provenance, targets, tables) and speed_*.png."""
 
 from __future__ import annotations
 

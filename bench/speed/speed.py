@@ -86,7 +86,7 @@ def parse_args(argv):
     p.add_argument("--multiprocess", action="store_true",
                    help="engine cores in their own processes (production layout; slower start)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: " + str(QUICK))
-    p.add_argument("--out", default="docs")
+    p.add_argument("--out", default="docs/results")
     p.add_argument("--name", default="speed", help="report stem: <out>/<name>.md, <name>_*.png")
     p.add_argument("--notes", default=str(speed_report.NOTES),
                    help="hand-written notes appended to the report ('' for none)")

@@ -44,7 +44,7 @@ def parse_args(argv):
                    help="also a prompt of this many tokens (0: no)")
     p.add_argument("--max-model-len", type=int, default=8192)
     p.add_argument("--quick", action="store_true", help="tiny sizes: " + str(QUICK))
-    p.add_argument("--out", default="docs")
+    p.add_argument("--out", default="docs/results")
     args = p.parse_args(argv)
     if args.quick:
         for k, v in QUICK.items():
