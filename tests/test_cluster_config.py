@@ -50,3 +50,21 @@ def test_autoscaling_config_replaces_num_replicas_and_is_checked_at_parse_time()
         DeploymentOptions(autoscaling_config={"min_replicas": 3, "max_replicas": 1})
     with pytest.raises(pydantic.ValidationError, match=r"unknown field\(s\) \['max_replica'\]"):
         DeploymentOptions(autoscaling_config={"max_replica": 2})   # Serve would ignore it
+
+
+def test_retriever_node_fault_variant_pins_the_retriever_to_the_killed_node():
+    """bench/serve/cluster_faults.py --kill retriever: the retriever alone on node B (the node
+    that dies), the generator on node A, nothing else changed from cluster-cpu.yaml."""
+    from bench.serve.cluster_faults import KILLED, fault_config
+
+    shipped, swapped = QRHeadServeConfig.from_yaml(CPU), fault_config("retriever")
+    options = lambda e: e.deployment.ray_actor_options  # noqa: E731
+    assert KILLED == "node_b"
+    assert options(swapped.retriever) == {"num_cpus": 1, "resources": {"node_b": 0.01}}
+    assert options(swapped.generator) == {"num_cpus": 1, "resources": {"node_a": 0.01}}
+    assert fault_config("generator").retriever.deployment == shipped.retriever.deployment
+    unpinned = lambda cfg: cfg.model_dump(exclude={  # noqa: E731
+        "retriever": {"deployment": {"ray_actor_options"}},
+        "generator": {"deployment": {"ray_actor_options"}}, "http": {"host", "api_key_file"}})
+    assert unpinned(swapped) == unpinned(shipped)
+    assert (swapped.http.host, swapped.http.api_key_file) == ("127.0.0.1", None)
