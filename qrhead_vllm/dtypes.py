@@ -9,8 +9,8 @@
   there but emulated, and slower than fp32.
 
 An explicit dtype (``float32``, ``bfloat16``, ``float16``) is always kept as given. Scores in
-bf16 differ from fp32 in the last digits (docs/ and bench/quality_dtype.py measure the ranking
-effect); code that needs scores equal across engines pins ``dtype="float32"``.
+bf16 differ from fp32 in the last digits (bench/quality/dtype.py measures the ranking effect:
+docs/results/quality.md); code that needs scores equal across engines pins ``dtype="float32"``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+# What a --dtype flag accepts (qrhead rerank, qrhead serve): auto or a dtype every engine takes.
+CHOICES = (AUTO, "float32", "bfloat16", "float16")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CPUINFO = Path("/proc/cpuinfo")
 

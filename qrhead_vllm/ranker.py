@@ -66,7 +66,7 @@ class QRHeadRanker:
             (first-stage rank 1) sits next to the query, as the reference's BEIR runs do. On by
             default: measured on DL19 (BM25 top-20, 43 queries) it gives the bundled SmolLM2
             49.4 nDCG@10 against 45.1 in the given order; Qwen2.5-Coder-0.5B goes the other way
-            (43.3 reversed, 47.7 given), so pass ``False`` for it (docs/quality-levers.md).
+            (43.3 reversed, 47.7 given), so pass ``False`` for it (docs/results/quality-levers.md).
         window: how to rank more documents than fit one prompt (:class:`WindowConfig`);
             None raises :class:`ContextOverflowError` instead.
         score_only: ``backend="vllm"`` only: start a score-only engine that builds, loads and

@@ -160,7 +160,7 @@ class RetrieverConfig(EngineConfig):
         True, description="Put the documents in each prompt last-to-first, so the first one "
                           "given (first-stage rank 1) sits next to the query, as the reference "
                           "does; better for SmolLM2 on DL19, worse for Qwen2.5-Coder-0.5B "
-                          "(docs/quality-levers.md).")
+                          "(docs/results/quality-levers.md).")
     max_documents: int = Field(1000, gt=0, description="Most documents one rerank request may "
                                                        "carry.")
     window_tokens: int | None = Field(

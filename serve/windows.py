@@ -3,7 +3,7 @@
 
 * ``/v1/rerank`` with ``"qrhead": {"windowed": true}``: the ranker's ``rescore`` strategy (balanced
   windows, then the finalists re-scored together in one prompt), named here rather than taken
-  from the library default, which may change (docs/quality-levers.md measured ``sliding``).
+  from the library default, which may change (docs/results/quality-levers.md measured ``sliding``).
 * ``/v1/answer``: the same, with ``rag.rescore_candidates`` finalists (at least ``top_k``).
 """
 
