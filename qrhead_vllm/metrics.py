@@ -12,9 +12,14 @@ offline vLLM engine's own metrics (expose it with ``prometheus_client.start_http
 ``qrhead_capture_errors_total``     counter     queries whose capture failed (CaptureError)
 ``qrhead_capture_seconds``          histogram   worker time spent capturing, per query
 ``qrhead_scoring_seconds``          histogram   engine time of a query, both passes
+``qrhead_capture_active_requests``  gauge       scoring requests in the capture driver's table
+``qrhead_capture_held_results``     gauge       finished captures the workers hold, not yet taken
 ==================================  ==========  ==========================================
 
-Every series carries a ``model_name`` label. Ray prefixes its metrics with ``ray_``.
+Every series carries a ``model_name`` label. Ray prefixes its metrics with ``ray_``. The two
+gauges are the engine workers' own counts (``qrhead_stats``, summed over tensor-parallel ranks),
+read by the engine replica at each health check (``health_check_period_s``): both go back to 0
+when no scoring request is in flight, so a count that stays up is a leak.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ _DEFS = {
     "qrhead_capture_errors_total": ("counter", "Queries whose capture failed (CaptureError)."),
     "qrhead_capture_seconds": ("histogram", "Worker time spent capturing, per query."),
     "qrhead_scoring_seconds": ("histogram", "Engine time of a query, both passes."),
+    "qrhead_capture_active_requests": ("gauge", "Scoring requests in the capture driver's "
+                                                "table (summed over the engine's workers)."),
+    "qrhead_capture_held_results": ("gauge", "Finished captures the workers hold that no "
+                                             "client has taken yet."),
 }
 _lock = threading.Lock()
 _metrics: dict[str, object] | None = None
@@ -43,16 +52,19 @@ def _in_ray() -> bool:
 
 def _make() -> dict[str, object]:
     if _in_ray():
-        from ray.util.metrics import Counter, Histogram
-        return {name: (Counter(name, description=doc, tag_keys=("model_name",))
-                       if kind == "counter" else
-                       Histogram(name, description=doc, boundaries=list(TIME_BUCKETS),
-                                 tag_keys=("model_name",)))
-                for name, (kind, doc) in _DEFS.items()}
-    import prometheus_client as prom
-    return {name: (prom.Counter(name, doc, ["model_name"]) if kind == "counter" else
-                   prom.Histogram(name, doc, ["model_name"], buckets=TIME_BUCKETS))
-            for name, (kind, doc) in _DEFS.items()}
+        from ray.util import metrics as ray_metrics
+        tags = {"tag_keys": ("model_name",)}
+        make = {"counter": lambda n, d: ray_metrics.Counter(n, description=d, **tags),
+                "gauge": lambda n, d: ray_metrics.Gauge(n, description=d, **tags),
+                "histogram": lambda n, d: ray_metrics.Histogram(
+                    n, description=d, boundaries=list(TIME_BUCKETS), **tags)}
+    else:
+        import prometheus_client as prom
+        make = {"counter": lambda n, d: prom.Counter(n, d, ["model_name"]),
+                "gauge": lambda n, d: prom.Gauge(n, d, ["model_name"]),
+                "histogram": lambda n, d: prom.Histogram(n, d, ["model_name"],
+                                                         buckets=TIME_BUCKETS)}
+    return {name: make[kind](name, doc) for name, (kind, doc) in _DEFS.items()}
 
 
 def _get(name: str):
@@ -63,15 +75,16 @@ def _get(name: str):
     return _metrics[name]
 
 
+_UPDATE = {"counter": "inc", "gauge": "set", "histogram": "observe"}   # same in both APIs
+
+
 def _add(name: str, model: str, value: float) -> None:
-    metric = _get(name)
+    """Count or observe ``value``; a gauge is set to it."""
+    metric, update = _get(name), _UPDATE[_DEFS[name][0]]
     if hasattr(metric, "labels"):                       # prometheus_client
-        child = metric.labels(model_name=model)
-        child.observe(value) if hasattr(child, "observe") else child.inc(value)
-    elif hasattr(metric, "observe"):                     # ray Histogram
-        metric.observe(value, tags={"model_name": model})
-    else:                                                # ray Counter
-        metric.inc(value, tags={"model_name": model})
+        getattr(metric.labels(model_name=model), update)(value)
+    else:                                               # ray.util.metrics
+        getattr(metric, update)(value, tags={"model_name": model})
 
 
 def record_scored(model: str, num_documents: int, capture_s: float, scoring_s: float) -> None:
@@ -84,3 +97,11 @@ def record_scored(model: str, num_documents: int, capture_s: float, scoring_s: f
 
 def record_capture_error(model: str) -> None:
     _add("qrhead_capture_errors_total", model, 1)
+
+
+def record_capture_state(model: str, stats: dict[str, int] | list[dict[str, int]]) -> None:
+    """The workers' capture counts (``backend.stats_async()``: one dict per rank, or one for
+    the engine) as the two gauges."""
+    ranks = stats if isinstance(stats, list) else [stats]
+    _add("qrhead_capture_active_requests", model, sum(r.get("active", 0) for r in ranks))
+    _add("qrhead_capture_held_results", model, sum(r.get("done", 0) for r in ranks))

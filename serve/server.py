@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator
 
+from qrhead_vllm import metrics
 from qrhead_vllm.models import BUNDLED
 from qrhead_vllm.serve.args import EngineConfig, RetrieverConfig
 from qrhead_vllm.serve.errors import APIError
@@ -66,9 +67,13 @@ class RetrieverMixin:
 
     async def check_retriever(self) -> None:
         """Raise unless the retriever can score (a rate-limited tiny request, see
-        serve/health.py); a server without the retriever role has nothing to prove."""
+        serve/health.py); a server without the retriever role has nothing to prove. Also
+        refreshes the workers' capture gauges (qrhead_vllm/metrics.py): one round trip to the
+        engine per health check, so /metrics shows them without a call of its own."""
         if self.retriever is not None:
             await self.probe.check(self.retriever.rerank)
+            backend = self.retriever.backend
+            metrics.record_capture_state(backend.facts.model_id, await backend.stats_async())
 
     async def _scored(self, score, *args) -> dict[str, Any]:
         self.probe.started()

@@ -22,6 +22,7 @@ from qrhead_vllm.integration.vllm.kv_layout import KeyView, sliding_window_of
 from qrhead_vllm.integration.vllm.layer_cut import last_layer_of
 
 MAX_DONE = 4096  # finished results kept for clients that never pop (oldest dropped first)
+MAX_ABANDONED = 4096   # keys a client gave up on before their result existed (a few bytes each)
 
 
 class VLLMCapture:
@@ -30,6 +31,11 @@ class VLLMCapture:
     def __init__(self):
         self.driver = CaptureDriver()
         self.done: OrderedDict[str, dict] = OrderedDict()   # spec key -> result payload
+        # Keys popped before their result existed: the client gave up (cancelled, refused by
+        # vLLM, disconnected) while the worker still computed the request's last step; its
+        # result arrives after the pop and would otherwise sit in `done` until MAX_DONE newer
+        # results pushed it out (a whole payload per cancelled request).
+        self.abandoned: OrderedDict[str, None] = OrderedDict()
         # model runner -> ({layer name -> (index, key view)}, shape): per runner, so two
         # engines in one process (in-process engine cores) never mix layers
         self._runners: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -63,16 +69,24 @@ class VLLMCapture:
     def end_step(self) -> None:
         for req in self.driver.end_step():
             key = req.spec.key if req.spec is not None else req.request_id   # malformed spec
+            if key in self.abandoned:     # its client already gave up on it (see __init__)
+                del self.abandoned[key]
+                continue
             self.done[key] = encode_result(req)
             self.done.move_to_end(key)
-        while len(self.done) > MAX_DONE:
-            self.done.popitem(last=False)
+        _bound(self.done, MAX_DONE)
         self._runner = None
 
     def pop(self, keys: list[str]) -> dict[str, dict]:
-        return {k: self.done.pop(k) for k in keys if k in self.done}
+        """The results of ``keys``; a key without one yet is remembered as abandoned, so its
+        result is dropped when it comes (a client pops only once its request ended)."""
+        found = {k: self.done.pop(k) for k in keys if k in self.done}
+        self.abandoned.update((k, None) for k in keys if k not in found)
+        _bound(self.abandoned, MAX_ABANDONED)
+        return found
 
     def stats(self) -> dict[str, int]:
+        """Scoring requests in the driver's table and results no client has taken yet."""
         return {"active": len(self.driver.requests), "done": len(self.done)}
 
     # --- per layer (the attention-backend wrapper) --------------------------------------
@@ -111,6 +125,12 @@ class VLLMCapture:
             error = error or "this worker's attention layers were never verified by qrhead-vllm"
         self.driver.admit(req_id, spec, state.num_prompt_tokens, shape, error)
         return True
+
+
+def _bound(table: OrderedDict, size: int) -> None:
+    """Drop the oldest entries past ``size``."""
+    while len(table) > size:
+        table.popitem(last=False)
 
 
 STORE = VLLMCapture()
