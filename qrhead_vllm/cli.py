@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 COMMANDS = {
     "rerank": "Rank documents for a query with the retrieval heads and print the ranking.",
     "detect": "Find the retrieval heads of a model on labelled data (a Ray job).",
     "serve": "Start the Ray Serve app (OpenAI API, /v1/rerank, retrieval-augmented answers).",
+    "heads": "List the shipped head sets, or show one as a layers x heads grid.",
 }
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+# The engines' own level variables, read once at import (vLLM) or by every process they start
+# (Ray's raylet and workers inherit this process's environment), so they are set, not just the
+# loggers of this process.
+ENGINE_LOG_ENV = ("VLLM_LOGGING_LEVEL", "RAY_LOGGER_LEVEL")
+ENGINE_LOGGERS = ("vllm", "ray")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +41,31 @@ def main(argv: list[str] | None = None) -> int:
     cmd = argparse.ArgumentParser(prog=f"qrhead {argv[0]}", description=COMMANDS[argv[0]])
     module.add_arguments(cmd)
     return module.run(cmd.parse_args(argv[1:]))
+
+
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    """``--log-level``: one flag for our loggers, vLLM's and Ray's (commands that start them)."""
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                        help="log level of qrhead_vllm, vLLM and Ray (default: info for ours; "
+                             "vLLM and Ray keep VLLM_LOGGING_LEVEL / RAY_LOGGER_LEVEL or their "
+                             "own default). Processes of a cluster joined with --address read "
+                             "their own environment")
+
+
+def apply_log_level(level: str | None) -> None:
+    """Set ``level`` (None: info for ours, the engines untouched) before vLLM or Ray start.
+
+    A flag wins over the environment (the package's one precedence rule), so a given level
+    overwrites VLLM_LOGGING_LEVEL and RAY_LOGGER_LEVEL for this process and its children.
+    """
+    logging.basicConfig(format=LOG_FORMAT)   # a no-op when the root logger has a handler
+    logging.getLogger("qrhead_vllm").setLevel((level or "info").upper())
+    if level is None:
+        return
+    for name in ENGINE_LOG_ENV:
+        os.environ[name] = level.upper()
+    for name in ENGINE_LOGGERS:              # already imported: their import-time setup is done
+        logging.getLogger(name).setLevel(level.upper())
 
 
 if __name__ == "__main__":
