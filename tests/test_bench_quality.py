@@ -149,7 +149,7 @@ GPU_COMMAND = ["--dataset", "dl19", "--data", "dl20_bm25_top100.jsonl", "--model
 
 
 def test_gpu_reproduction_command_parses():
-    """The README's GPU command (docs/results/quality.md) is accepted as written."""
+    """The GPU command of docs/results/quality-dl19-top20.md is accepted as written."""
     args = quality.parse_args(GPU_COMMAND)
     assert args.models == ["meta-llama/Llama-3.1-8B-Instruct"] and args.backend == "vllm"
     assert args.metrics == ("ndcg@10", "mrr@10-l2", "recall@20-l2")

@@ -5,7 +5,7 @@ CI installs neither Qwen model, so the engines here run a small Qwen2 built from
 (6 layers, 4 query / 2 KV heads of size 64, random weights, SmolLM2's tokenizer): the cut is a
 property of how vLLM builds the architecture, not of trained weights. The same comparison on
 the real Qwen2.5-Coder-0.5B (fp32, 512-token chunks, 4 HotpotQA prompts) gave rows equal to the
-full engine's bit for bit (README, "Score-only engines").
+full engine's bit for bit (docs/engines.md, "Score-only engines").
 """
 
 from __future__ import annotations
