@@ -68,3 +68,4 @@ def test_retriever_node_fault_variant_pins_the_retriever_to_the_killed_node():
         "generator": {"deployment": {"ray_actor_options"}}, "http": {"host", "api_key_file"}})
     assert unpinned(swapped) == unpinned(shipped)
     assert (swapped.http.host, swapped.http.api_key_file) == ("127.0.0.1", None)
+    assert fault_config("retriever", 30).http.replica_wait_s == 30 != shipped.http.replica_wait_s

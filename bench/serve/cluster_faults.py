@@ -77,13 +77,15 @@ class Stream:
     sent: list[Sent] = field(default_factory=list)
 
 
-def fault_config(kill: str):
+def fault_config(kill: str, replica_wait_s: float | None = None):
     """cluster-cpu.yaml's app, bound to loopback without keys, with the ``kill`` engine pinned
-    to the node that dies and the other engine to node A."""
+    to the node that dies and the other engine to node A (and ``http.replica_wait_s`` if
+    given)."""
     from qrhead_vllm.serve.args import QRHeadServeConfig
 
+    wait = {"http.replica_wait_s": replica_wait_s} if replica_wait_s else {}
     cfg = QRHeadServeConfig.from_yaml(CONFIG, **{"http.host": "127.0.0.1",
-                                                 "http.api_key_file": None})
+                                                 "http.api_key_file": None, **wait})
     for role, node in PLACEMENTS[kill].items():
         deployment = getattr(cfg, role).deployment      # replaced, not merged: one node each
         deployment.ray_actor_options = {**deployment.ray_actor_options,
@@ -204,7 +206,8 @@ def table(rows: list[dict]) -> str:
 def run(args) -> tuple[list[dict], dict]:
     from bench.serve.local_cluster import deployed
 
-    with deployed(fault_config(args.kill)) as (cluster, urls, deploy_s):
+    cfg = fault_config(args.kill, args.replica_wait_s)
+    with deployed(cfg) as (cluster, urls, deploy_s):
         url = urls["node_a"]
         ss = streams(args.rate, args.chat_rate, args.docs, PLACEMENTS[args.kill])
         for s in ss:                                   # first-request costs out
@@ -225,7 +228,8 @@ def run(args) -> tuple[list[dict], dict]:
         killer.start()
         asyncio.run(drive(url, ss, args.before + args.after, t0, args.timeout))
         killer.join()
-        return [summary(s, events["kill"]) for s in ss], {"deploy_s": deploy_s, **events}
+        return [summary(s, events["kill"]) for s in ss], {
+            "deploy_s": deploy_s, "replica_wait_s": cfg.http.replica_wait_s, **events}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", type=float, default=20, help="seconds of traffic before the kill")
     p.add_argument("--after", type=float, default=150, help="seconds of traffic after it")
     p.add_argument("--timeout", type=float, default=120, help="client timeout per request")
+    p.add_argument("--replica-wait-s", type=float,
+                   help="the app's http.replica_wait_s (default: the config's): how long a "
+                        "request waits for an engine replica before a 503")
     p.add_argument("--no-replace", dest="replace", action="store_false",
                    help="no replacement node: B's replicas stay down")
     p.add_argument("--note", default="", help="a label for the figures (e.g. the box's load)")
@@ -253,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"; replacement node joined at {facts['replacement_joined']:.1f} s"
                if "replacement_joined" in facts else "; no replacement node")
             + f"; app deployed in {facts['deploy_s']:.0f} s"
+            + f"; http.replica_wait_s {facts['replica_wait_s']:g} s"
             + (f"\n- {args.note}" if args.note else ""))
     block = f"{head}\n\n{table(rows)}"
     print(block)
