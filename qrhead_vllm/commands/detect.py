@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import types
 import typing
@@ -20,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from qrhead_vllm.cli import add_log_level, apply_log_level
 from qrhead_vllm.detect.config import DetectConfig
 from qrhead_vllm.errors import QRHeadError
 
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if info.is_required():
                 kwargs["help"] += " (required unless in --config)"
         parser.add_argument(flag, **kwargs)
+    add_log_level(parser)
 
 
 def _flag_type(annotation) -> tuple[Any, tuple | None]:
@@ -54,14 +55,14 @@ def _flag_type(annotation) -> tuple[Any, tuple | None]:
 
 
 def config_from_args(args: argparse.Namespace) -> DetectConfig:
-    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("config", "log_level")}
     if getattr(args, "config", None):
         return DetectConfig.from_file(args.config, **overrides)
     return DetectConfig(**overrides)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    apply_log_level(args.log_level)
     try:
         cfg = config_from_args(args)
         from qrhead_vllm.detect.api import run_detection

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qrhead_vllm import dtypes
+from qrhead_vllm.cli import add_log_level, apply_log_level
 from qrhead_vllm.engines import DEFAULT_ENGINE, ENGINE_NAMES
 from qrhead_vllm.errors import HeadConfigError, InvalidInputError, QRHeadError
 from qrhead_vllm.models import DEFAULT_MODEL
@@ -54,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: the model's shipped head config")
     parser.add_argument("--backend", choices=ENGINE_NAMES, default=DEFAULT_ENGINE,
                         help="scoring engine (qrhead_vllm.engines; sglang needs .venv-sglang)")
+    parser.add_argument("--dtype", choices=dtypes.CHOICES, default=dtypes.AUTO,
+                        help="engine dtype (default auto: bfloat16 on CPUs with native bf16, "
+                             "float32 on other CPUs, the engine's choice on GPU)")
     parser.add_argument("--top-k", type=int, default=None, help="show only the best K documents")
     parser.add_argument("--max-words", type=int, default=None,
                         help="truncate each document to this many words")
@@ -61,9 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="documents last-to-first in the prompt, the first one next to the "
                              "query (default; --no-reverse-order for Qwen2.5-Coder)")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_log_level(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_log_level(args.log_level)
     try:
         query, docs, gold = _inputs(args.query, args.docs)
         results = _rank(args, query, docs)
@@ -99,7 +106,8 @@ def _rank(args: argparse.Namespace, query: str, docs: list):
     if args.top_k is not None and args.top_k < 1:
         raise InvalidInputError("--top-k must be at least 1")
     ranker = QRHeadRanker(model=args.model, heads=args.heads, backend=args.backend,
-                          max_words=args.max_words, reverse_order=args.reverse_order)
+                          dtype=args.dtype, max_words=args.max_words,
+                          reverse_order=args.reverse_order)
     try:
         return ranker.rank(query, docs)
     finally:
