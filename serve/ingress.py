@@ -8,6 +8,8 @@ Routes:
   retriever's dtype (``auto`` resolved); the one route open without an API key (serve/auth.py);
 * ``GET /metrics`` → the cluster's Prometheus metrics: Ray Serve's, vLLM's and QRHead's
   (serve/metrics.py);
+* ``GET /docs`` and ``/openapi.json`` → the OpenAPI page and schema of the routes above, behind
+  the API key like every route (a browser cannot send the key: fetch the schema with it);
 * anything else (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/tokenize``,
   ...) is forwarded unchanged to the generator deployment, where vLLM's own app handles it.
 
@@ -28,6 +30,7 @@ from ray import serve
 from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body,
                                      parse_answer, passages_event, request_passages, sse,
                                      top_k, with_offsets, with_trailer)
+from qrhead_vllm import __version__
 from qrhead_vllm.dtypes import resolve_dtype
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.auth import install_auth
@@ -38,6 +41,11 @@ from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, RerankRequest, p
 from qrhead_vllm.serve.resilience import health_check, open_stream
 
 RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
+OPENAPI_DESCRIPTION = (
+    "QRHead re-ranking and retrieval-augmented answers. Send 'Authorization: Bearer <key>' when "
+    "the app has an API key (every route but /health needs it). Every other path "
+    "(/v1/chat/completions, /v1/completions, /v1/models, /tokenize, ...) goes unchanged to "
+    "vLLM's OpenAI-compatible server, whose schema is vLLM's own.")
 PROXY_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 SKIP_REQUEST_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 
@@ -98,10 +106,18 @@ async def _collect(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([c async for c in chunks])
 
 
+def json_body(example: str) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses its JSON itself (for the 400s' wording),
+    so FastAPI cannot infer it: the example the 400s also show."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object"}, "example": json.loads(example)}}}}
+
+
 def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
                       metrics_text=cluster_metrics) -> FastAPI:
     """The ingress FastAPI app (a plain function so tests can run it without Ray)."""
-    app = FastAPI(title="qrhead-vllm", docs_url=None, redoc_url=None)
+    app = FastAPI(title="qrhead-vllm", description=OPENAPI_DESCRIPTION, version=__version__,
+                  docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
     install_handlers(app)
     app.add_middleware(BodySizeLimit, limit=cfg.http.max_request_bytes)
     # Added last = outermost: the key is checked from the headers before any body is read.
@@ -124,9 +140,11 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
         return JSONResponse(await upstream.rerank(req))
 
     for path in RERANK_PATHS:
-        app.add_api_route(path, rerank, methods=["POST"])
+        app.add_api_route(path, rerank, methods=["POST"], summary="Rerank documents for a query",
+                          openapi_extra=json_body(RERANK_EXAMPLE))
 
-    @app.post("/v1/answer")
+    @app.post("/v1/answer", summary="Retrieve passages, then answer from them",
+              openapi_extra=json_body(ANSWER_EXAMPLE))
     async def answer(request: Request) -> Response:
         req = parse_answer(parse_json_body(await request.body(), ANSWER_EXAMPLE))
         passages = request_passages(req, cfg.rag)
@@ -159,7 +177,7 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.api_route("/{path:path}", methods=PROXY_METHODS)
+    @app.api_route("/{path:path}", methods=PROXY_METHODS, include_in_schema=False)
     async def forward(path: str, request: Request) -> Response:
         body = await request.body()
         if body and "json" in request.headers.get("content-type", ""):
