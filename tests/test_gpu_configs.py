@@ -103,16 +103,19 @@ def test_tp8_places_one_gpu_bundle_per_rank_on_one_node():
 
 def test_tp8_ray_workers_get_the_hook_switch(monkeypatch):
     # vLLM's Ray executor copies its own variables to the worker actors, not QRHEAD_ENABLED;
-    # the config's env (set in the replica before the engine starts) adds it.
+    # engine_env (which every hooked engine starts under) adds ours to the list it copies.
     from vllm import envs
     from vllm.ray.ray_env import get_env_vars_to_copy
 
+    from qrhead_vllm.integration.vllm.engine_args import engine_env
+
     envs.disable_envs_cache()   # an in-process engine started earlier in the session froze them
-    monkeypatch.delenv("VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", raising=False)
+    monkeypatch.setenv("VLLM_RAY_EXTRA_ENV_VARS_TO_COPY", "MY_VAR")
     assert "QRHEAD_ENABLED" not in get_env_vars_to_copy()
-    for key, value in config(GPU_70B).retriever.env.items():
-        monkeypatch.setenv(key, value)
-    assert "QRHEAD_ENABLED" in get_env_vars_to_copy()
+    with engine_env(config(GPU_70B).retriever.tensor_parallel_size):
+        copied = get_env_vars_to_copy()
+        assert {"QRHEAD_ENABLED", "QRHEAD_SKIP_VERSION_CHECK", "MY_VAR"} <= set(copied)
+    assert "QRHEAD_ENABLED" not in get_env_vars_to_copy()    # restored after the start
 
 
 @pytest.mark.parametrize("heads", ["llama-3.1-70b-instruct-nq", "llama-3.1-70b-instruct-lme"])

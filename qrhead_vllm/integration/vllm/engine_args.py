@@ -35,6 +35,10 @@ def cpu_thread_binding(tensor_parallel_size: int = 1, cpus: int | None = None) -
     return "|".join(f"{a}-{b}" if b > a else str(a) for a, b in groups)
 
 
+RAY_ENV_TO_COPY = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
+QRHEAD_WORKER_ENV = ("QRHEAD_ENABLED", "QRHEAD_SKIP_VERSION_CHECK")  # what workers' plugins read
+
+
 def engine_env(tensor_parallel_size: int = 1, qrhead: bool = True):
     """The environment an engine's processes inherit, set only while it starts
     (:func:`~qrhead_vllm.integration.engine_env.scoped_env`).
@@ -45,7 +49,21 @@ def engine_env(tensor_parallel_size: int = 1, qrhead: bool = True):
     """
     from qrhead_vllm.plugin import register
     bind = os.environ.get(THREADS_BIND) or cpu_thread_binding(tensor_parallel_size)
-    return scoped_env({THREADS_BIND: bind}, register if qrhead else None)
+    wanted = {THREADS_BIND: bind}
+    if qrhead:
+        wanted[RAY_ENV_TO_COPY] = ray_env_to_copy()
+    return scoped_env(wanted, register if qrhead else None)
+
+
+def ray_env_to_copy() -> str:
+    """``VLLM_RAY_EXTRA_ENV_VARS_TO_COPY`` with our switches added to what the caller set.
+
+    With ``distributed_executor_backend="ray"`` (tensor parallelism across GPUs) the workers are
+    Ray actors, and vLLM copies only its own variables (``VLLM_*``, ``HF_*``, ...) to them: without
+    this the workers would start with the hook off and every score would fail with CaptureError.
+    """
+    names = [n for n in os.environ.get(RAY_ENV_TO_COPY, "").split(",") if n.strip()]
+    return ",".join(dict.fromkeys([*names, *QRHEAD_WORKER_ENV]))
 
 
 def engine_kwargs(model_path: str, dtype: str, *, qrhead: bool = True,
