@@ -63,7 +63,8 @@ class Provenance(_Frozen):
 
     source: Literal["paper", "detected", "manual"] = Field(description="How the list was made.")
     reference: str | None = Field(None, description="Paper/repo file for released lists.")
-    recipe: Literal["mass", "ndcg", "contrast"] | None = Field(None, description="Detection recipe (spec §1.2).")
+    recipe: Literal["mass", "ndcg", "contrast"] | None = Field(
+        None, description="Detection recipe (docs/method.md §1.2).")
     dataset: str | None = Field(None, description="Detection data path or name.")
     dataset_sha256: str | None = Field(None, description="SHA-256 of the detection data file(s).")
     num_examples: int | None = Field(None, ge=0, description="Examples used for detection.")

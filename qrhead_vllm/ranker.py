@@ -59,7 +59,7 @@ class QRHeadRanker:
             hooks), or a ready :class:`ScoringBackend`.
         dtype: ``"auto"`` (default: bf16 on CPUs with native bf16, fp32 on other CPUs, the
             engine's choice on GPU; :mod:`qrhead_vllm.dtypes`), or an explicit dtype.
-        calibrate: subtract the null-query ("N/A") attention (spec §2.2); on by default.
+        calibrate: subtract the null-query ("N/A") attention (docs/method.md §2.2); on by default.
         prompt_family: override the chat markers (``llama3``, ``qwen2``, ``chatml``, ``gemma3``).
         max_words: truncate each document to this many words (the reference's BEIR setting).
         reverse_order: put the documents in each prompt last-to-first, so the first one given

@@ -4,7 +4,7 @@
 The reference repo (princeton-pli/QRHead, ``src/qrretriever/configs/*_qr_head_{NQ,LME}.yaml``)
 ships each head set as one comma-separated ``"layer-head"`` string in rank order, without the
 model's shape and without scores. Serving needs the shape to refuse a list made for another
-model, so each list is written here with the architecture facts of its model (spec §3.1).
+model, so each list is written here with the architecture facts of its model (docs/method.md §3.1).
 
 Usage::
 
@@ -45,7 +45,7 @@ MODELS = {
 
 @dataclass(frozen=True)
 class DetectionSet:
-    """What the paper detected a head set on (spec §1.2 and §1.6)."""
+    """What the paper detected a head set on (docs/method.md §1.2 and §1.6)."""
 
     recipe: str
     dataset: str

@@ -58,7 +58,7 @@ def test_shard_heads_matches_independent_derivation(shape, tp):
 
 
 def test_paper_70b_heads_on_tp4():
-    # Three of the 70B NQ heads (spec §3.1), by hand: 16 q heads and 2 KV heads per rank,
+    # Three of the 70B NQ heads (docs/method.md §3.1), by hand: 16 q heads and 2 KV heads per rank,
     # 8 q heads per KV head. 31-32 → rank 2, local 0, kv 0 (global kv 4 = 32 // 8).
     # 35-26 → rank 1, local 10, kv 1 (global 3). 52-58 → rank 3, local 10, kv 1 (global 7).
     shards = shard_heads([(31, 32), (35, 26), (52, 58)], 64, 8, 4)

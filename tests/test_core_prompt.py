@@ -12,7 +12,7 @@ QUERY = "who wrote it?"
 DOCS = [Passage("Body one.", "Title One"), Passage("Body two.")]
 
 
-# --- string level: the reference's Llama-3 and Qwen2.5 prompts (spec §2.1) -----------------
+# --- string level: the reference's Llama-3 and Qwen2.5 prompts (docs/method.md §2.1) -------
 
 LLAMA3_PROMPT = (
     "<|start_header_id|>user<|end_header_id|> Here are some paragraphs:"

@@ -1,4 +1,5 @@
-"""Calibration, head aggregation and the outlier-masked document score (spec §2.2 steps 3–5).
+"""Calibration, head aggregation and the outlier-masked document score (docs/method.md §2.2
+steps 3–5).
 
 Expected values are worked out by hand in the comments, or from the spec's formula
 ``Σ x·[x > mean(x) − 2·std(x, unbiased)]`` written out independently of the core.

@@ -16,7 +16,7 @@ from qrhead_vllm.head_registry import load_head_config, resolve_heads, shipped_h
 from qrhead_vllm.heads import HeadConfig, HeadScore, ModelFacts, Provenance
 
 SHIPPED = shipped_head_configs()
-SPEC = Path(__file__).resolve().parent / "data" / "paper-heads.md"  # spec §3.1, vendored
+SPEC = Path(__file__).resolve().parent / "data" / "paper-heads.md"  # docs/method.md §3.1, vendored
 LLAMA_8B = ModelFacts(model_id="meta-llama/Llama-3.1-8B-Instruct", architecture="LlamaForCausalLM",
                       num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128)
 
@@ -62,7 +62,8 @@ def test_shipped_config_loads_and_validates(name):
 
 
 def spec_head_table() -> dict[str, tuple[int, int, list[tuple[int, int]]]]:
-    """Rows of spec §3.1's table (tests/data/paper-heads.md) → {our config name: (layers, heads, head list)}."""
+    """Rows of the paper's head-list table (tests/data/paper-heads.md, docs/method.md §3.1) →
+    {our config name: (layers, heads, head list)}."""
     rows, shape = {}, {}
     row = re.compile(r"\| ([\w.\-]+Instruct)( \((\d+)×(\d+)=\d+\))? \| (NQ|LME)\b.*\| ([\d,\-]+) \|$")
     for line in SPEC.read_text().replace("\u2011", "-").splitlines():  # the spec uses U+2011

@@ -26,7 +26,8 @@ Runs = dict[str, list[str]]            # qid -> doc ids, best first
 
 
 def positive_qrels(qrels: Mapping[str, Mapping[str, int]]) -> Qrels:
-    """Drop zero (and negative) relevance judgements, as the reference's BEIR eval does (§2.4)."""
+    """Drop zero (and negative) relevance judgements, as the reference's BEIR eval does
+    (docs/method.md §2.4)."""
     out = {}
     for qid, judged in qrels.items():
         pos = {str(d): int(r) for d, r in judged.items() if int(r) > 0}

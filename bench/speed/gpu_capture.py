@@ -8,7 +8,7 @@
 layer's keys from a paged cache through a (shuffled) block table, compute the selected heads'
 softmax rows for the query span only, and copy the row sums to the host (capture.py
 accumulates on the CPU). *Reference* is the recompute the original QRHead code runs after its
-forward (method spec §6): every layer, every head, ``repeat_kv`` keys, the full score matrix,
+forward (docs/method.md §6): every layer, every head, ``repeat_kv`` keys, the full score matrix,
 a dense ``ones``/``triu`` causal mask as large as the scores, logsumexp and exp, mean over the
 span, and the per-layer results stacked. Random weights: only shapes matter for cost. Weights
 and one layer's KV are shared by all layers (the time of a layer does not depend on its values).
@@ -120,7 +120,7 @@ def ours(shape: Shape, layer: Layer) -> list[torch.Tensor]:
 
 def reference_layer(q: torch.Tensor, keys: torch.Tensor, prescale: bool = False) -> torch.Tensor:
     """One layer of the reference recompute: [1, H, n, D] queries, [1, H_kv, T, D] keys →
-    [1, H, n, T] probabilities, with the reference's dense mask and dtype (spec §6).
+    [1, H, n, T] probabilities, with the reference's dense mask and dtype (docs/method.md §6).
     ``prescale``: scale q by 1/√d before the product, as the reference's code does since its
     PR #3 (same maths, different rounding)."""
     group = q.shape[1] // keys.shape[1]
@@ -228,7 +228,8 @@ def run(args) -> list[dict]:
             row["ref_s"] = median_seconds(lambda: reference(shape, layer), args.device, args.reps)
             row["ours_peak"] = peak_bytes(lambda: ours(shape, layer), args.device)
             row["ref_peak"] = peak_bytes(lambda: reference(shape, layer), args.device)
-            # The reference also keeps K and V of every layer to the end (spec §6, item 1).
+            # The reference also keeps K and V of every layer to the end (docs/method.md §6,
+            # item 1).
             row["ref_kv"] = 2 * shape.num_layers * t * shape.num_kv_heads * shape.head_dim \
                 * layer.cache.element_size()
             rows.append(row)

@@ -1,6 +1,6 @@
 """The published QRHead algorithm's cost on this box: the speed bench's reference baseline.
 
-What princeton-pli/QRHead's ``QRRetriever.score_docs`` does per query (method spec §2.2, §6),
+What princeton-pli/QRHead's ``QRRetriever.score_docs`` does per query (docs/method.md §2.2, §6),
 in torch on the CPU, fp32, on the same model as our engines:
 
 1. real pass: a forward over the whole prompt through **every** layer (no LM head: the

@@ -1,13 +1,13 @@
 """Reference port of QRHead on HuggingFace transformers (the oracle for the vLLM hook).
 
-Same maths as the reference code (spec §2.2), none of its memory: we register an attention
-implementation with transformers' ``AttentionInterface`` that wraps SDPA and, in the layers that
-hold selected heads, computes the selected heads' softmax rows for the query-span positions
-only (queries post-RoPE, keys from the KV cache, as the attention call receives them). Never
-``output_attentions``, never an L×H×T×T tensor.
+Same maths as the reference code (docs/method.md §2.2), none of its memory: we register an
+attention implementation with transformers' ``AttentionInterface`` that wraps SDPA and, in the
+layers that hold selected heads, computes the selected heads' softmax rows for the query-span
+positions only (queries post-RoPE, keys from the KV cache, as the attention call receives them).
+Never ``output_attentions``, never an L×H×T×T tensor.
 
 The null-query pass reuses the document prefix: the real prompt is prefilled, the cache is
-cropped to the query-span start and only the null suffix is fed (spec §2.2 step 2).
+cropped to the query-span start and only the null suffix is fed (docs/method.md §2.2 step 2).
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """Scoring prompts: documents first, the query last, with token spans for every part.
 
-Layout (spec §2.1, as the reference QRHead code builds it, by string concatenation, no chat
-template, no system prompt)::
+Layout (docs/method.md §2.1, as the reference QRHead code builds it, by string concatenation,
+no chat template, no system prompt)::
 
     PREFIX + " Here are some paragraphs:" + Σ_i (SEP + "[i] " + [title + "\\n"] + text)
     + SEP + INSTRUCTION + SEP + "Query:" + " " + query + SUFFIX
 
 The query span runs from the first token of INSTRUCTION to the end of the prompt, so it includes
-the instruction and the chat suffix (spec §1.3). Documents span "[i] " through their text.
+the instruction and the chat suffix (docs/method.md §1.3). Documents span "[i] " through their
+text.
 
 The tokenizer is duck-typed (a HuggingFace *fast* tokenizer: ``__call__`` with
 ``return_offsets_mapping``) so this module needs torch only, not transformers.
@@ -36,7 +37,7 @@ class PromptTemplate:
     suffix: str
 
 
-# Llama-3.x and Qwen2.5 exactly as the reference builds them (spec §2.1).
+# Llama-3.x and Qwen2.5 exactly as the reference builds them (docs/method.md §2.1).
 LLAMA3 = PromptTemplate(
     "llama3",
     "<|start_header_id|>user<|end_header_id|>",

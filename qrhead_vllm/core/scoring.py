@@ -1,8 +1,9 @@
 """From attention mass to document scores: calibration, head aggregation, outlier mask.
 
-Spec §2.2 steps 3–5: ``C = P − P0`` (real minus null query, per head and token), sum over the
-selected heads, then per document ``thr = mean − 2·std`` (unbiased) and the sum of tokens above
-it. Detection applies the mask per head instead of after the head sum (spec §1.2).
+docs/method.md §2.2 steps 3–5: ``C = P − P0`` (real minus null query, per head and token), sum
+over the selected heads, then per document ``thr = mean − 2·std`` (unbiased) and the sum of
+tokens above it. Detection applies the mask per head instead of after the head sum
+(docs/method.md §1.2).
 
 Departure from the reference (deliberate): a document of fewer than two tokens has no standard
 deviation; the reference gets NaN and scores it 0. We apply no mask to it and score it by the

@@ -1,5 +1,5 @@
-"""Head detection as an offline Ray job (spec §1): find a model's query-focused retrieval heads
-on labelled data and write the HeadConfig that serving loads.
+"""Head detection as an offline Ray job (docs/method.md §1): find a model's query-focused
+retrieval heads on labelled data and write the HeadConfig that serving loads.
 
 Three doors, one implementation::
 

@@ -42,7 +42,7 @@ class DetectConfig(BaseModel):
                            "(never detect on the examples you report quality on).")
     limit: int | None = Field(None, gt=0, description="Use only the first N examples (of each file).")
 
-    # --- preprocessing (spec §1.6 / §2.3) ---------------------------------------------------
+    # --- preprocessing (docs/method.md §1.6 / §2.3) -----------------------------------------
     shuffle_seed: int | None = Field(
         None, description="Shuffle each example's documents with random.Random(seed) seeded once "
                           "(the reference NQ recipe uses 42); None keeps the given order.")
@@ -55,7 +55,7 @@ class DetectConfig(BaseModel):
     null_query: str = Field(NULL_QUERY, description="The calibration query.")
     prompt_family: str | None = Field(None, description="Override the chat markers of the prompt.")
 
-    # --- recipe (spec §1.2) -----------------------------------------------------------------
+    # --- recipe (docs/method.md §1.2) -------------------------------------------------------
     recipe: Literal["mass", "ndcg", "contrast"] = Field(
         "mass", description="'mass': mean calibrated masked attention on gold docs (LME recipe); "
                             "'ndcg': mean nDCG@k of each head's own ranking (NQ recipe); "

@@ -1,4 +1,4 @@
-"""Detection recipes (spec §1.2): from per-head document scores to a ranking of heads.
+"""Detection recipes (docs/method.md §1.2): from per-head document scores to a ranking of heads.
 
 Per example (on the actor), from the ``[L*H, N]`` calibrated, per-head outlier-masked document
 scores (``score_documents(..., per_head=True)``), we keep two small vectors so that a checkpoint
