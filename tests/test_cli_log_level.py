@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 
 from qrhead_vllm.cli import LOG_LEVELS
+from tests.test_cli_rerank_dtype import QRHEAD, rerank, scores
 
-QRHEAD = Path(sys.executable).with_name("qrhead")   # the console script pip installed
-QUERY = "Which city is the capital of France?"
-DOCS = ["Paris is the capital of France.", "Pasta is Italian food."]
 ENGINE_LEVELS = """
 import json, logging, sys
 from qrhead_vllm.cli import apply_log_level
@@ -72,26 +70,22 @@ def test_detect_keeps_the_flag_out_of_the_job_settings(tmp_path):
     assert detect.config_from_args(args).data == "d.jsonl"   # DetectConfig forbids extra keys
 
 
-def rerank(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
-    docs = tmp_path / "docs.json"
-    docs.write_text(json.dumps(DOCS))
-    out = subprocess.run([str(QRHEAD), "rerank", "--query", QUERY, "--docs", str(docs),
-                          "--heads", "all", "--json", *flags], capture_output=True, text=True,
-                         timeout=600, env=clean_env())
-    assert out.returncode == 0, out.stderr
-    assert len(json.loads(out.stdout)["results"]) == 2
-    return out
+def rerank_logs(tmp_path: Path, *flags: str) -> str:
+    """stderr of a ``qrhead rerank`` that ranked all three documents."""
+    out = rerank(tmp_path, *flags, env=clean_env())
+    assert len(scores(out)) == 3
+    return out.stderr
 
 
 def test_rerank_logs_our_info_lines_unless_told_otherwise(tmp_path):
     # The transformers port: the one INFO line of ours on this path is the dtype choice.
-    assert "INFO qrhead_vllm.dtypes: dtype=auto -> " in rerank(tmp_path).stderr
-    assert "dtype=auto" not in rerank(tmp_path, "--log-level", "warning").stderr
+    assert "INFO qrhead_vllm.dtypes: dtype=auto -> " in rerank_logs(tmp_path)
+    assert "dtype=auto" not in rerank_logs(tmp_path, "--log-level", "warning")
 
 
 @pytest.mark.slow
 def test_rerank_on_vllm_at_warning_prints_no_info_line(tmp_path):
     # vLLM logs INFO by default (the engine-level test above): its engine process, started
     # by the command, reads the level from the environment the flag set.
-    err = rerank(tmp_path, "--backend", "vllm", "--log-level", "warning").stderr
+    err = rerank_logs(tmp_path, "--backend", "vllm", "--log-level", "warning")
     assert not [line for line in err.splitlines() if "INFO" in line], err[-3000:]

@@ -18,12 +18,13 @@ DOCS = ["The Golden Gate Bridge spans the strait between San Francisco Bay and t
         "Pasta is a staple food of traditional Italian cuisine."]
 
 
-def rerank(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
+def rerank(tmp_path: Path, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``qrhead rerank`` of QUERY over DOCS with every head, JSON out, in a fresh process."""
     docs = tmp_path / "docs.json"
     docs.write_text(json.dumps(DOCS))
     return subprocess.run([str(QRHEAD), "rerank", "--query", QUERY, "--docs", str(docs),
                            "--heads", "all", "--json", *flags], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 def scores(out: subprocess.CompletedProcess) -> dict[int, float]:
