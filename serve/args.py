@@ -13,12 +13,14 @@ otherwise the generator is a separate deployment with its own resources (e.g. 70
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from qrhead_vllm import envs
 from qrhead_vllm.engines import (DEFAULT_SERVE_ENGINE, SERVE_ENGINES, EngineSpec,
                                  ServeEngineName, engine)
 from qrhead_vllm.dtypes import resolve_dtype
@@ -230,7 +232,12 @@ class HTTPConfig(_Config):
         None, description="File with the API keys clients must send (Authorization: Bearer "
                           "<key>), one per line, read by each ingress replica; with "
                           "QRHEAD_API_KEY, the only places keys come from (never this YAML). "
-                          "No key anywhere: every route is open.")
+                          "No key anywhere: every route is open, which only a loopback "
+                          "bind allows unless allow_unauthenticated is set.")
+    allow_unauthenticated: bool = Field(
+        False, description="Start on a non-loopback bind (e.g. 0.0.0.0) without any API key; "
+                           "without it the app refuses to start there unless a key is "
+                           "configured (`qrhead serve --allow-unauthenticated`).")
     metrics_needs_key: bool = Field(
         True, description="/metrics asks for a key too (Prometheus can send one: "
                           "authorization.credentials); false: open, like /health.")
@@ -242,6 +249,37 @@ class HTTPConfig(_Config):
     ingress: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(ray_actor_options={"num_cpus": 0}),
         description="The ingress only parses and routes; it reserves no CPU by default.")
+
+    @property
+    def loopback(self) -> bool:
+        """Only this machine can reach the bind address."""
+        return is_loopback(self.host)
+
+    @model_validator(mode="after")
+    def _protected_bind(self) -> "HTTPConfig":
+        # Checked when the config is read, so `qrhead serve`, `serve run` / `serve deploy` and
+        # build_qrhead_app all refuse before anything starts. The key file itself is read (and
+        # checked) by each ingress replica: on a cluster it lives on the nodes, not here.
+        if self.loopback or self.allow_unauthenticated or self.api_key_file or envs.api_key():
+            return self
+        raise ValueError(
+            f"the bind address {self.host!r} (http.host, --host) is reachable from other "
+            "machines and no API key is configured, so anyone who reaches the port could use every model: set a key "
+            "(QRHEAD_API_KEY, http.api_key_file or `qrhead serve --api-key-file PATH`), bind "
+            "127.0.0.1, or, if an open server is meant, set http.allow_unauthenticated: true "
+            "(`qrhead serve --allow-unauthenticated`)")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost; any other name or address may be reachable from
+    elsewhere (0.0.0.0 and :: are every interface)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class QRHeadServeConfig(_Config):
