@@ -44,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                      "(default: all of this machine)")
     parser.add_argument("--api-key-file", help="file of API keys clients must send as "
                         "'Authorization: Bearer <key>', one per line (or set QRHEAD_API_KEY; "
-                        "neither: no key needed)")
+                        "neither: no key needed, allowed on a loopback bind only)")
+    parser.add_argument("--allow-unauthenticated", action="store_true", default=None,
+                        help="start on a non-loopback --host (e.g. 0.0.0.0) without any API "
+                             "key: an open server, on purpose (http.allow_unauthenticated)")
     parser.add_argument("--address", help="join this Ray cluster (host:port, ray://host:port "
                         "or auto) instead of starting a fresh local one; an address that does "
                         "not answer within 15 s is an error")
@@ -56,7 +59,8 @@ def _overrides(args: argparse.Namespace) -> dict:
              "retriever.heads": args.heads, "retriever.dtype": args.dtype,
              "retriever.max_model_len": args.max_model_len,
              # absolute: the ingress replica reads it from another working directory
-             "http.api_key_file": args.api_key_file and os.path.abspath(args.api_key_file)}
+             "http.api_key_file": args.api_key_file and os.path.abspath(args.api_key_file),
+             "http.allow_unauthenticated": args.allow_unauthenticated}
     return {k: v for k, v in pairs.items() if v is not None}
 
 
@@ -86,12 +90,14 @@ def run(args: argparse.Namespace) -> int:
 
     from qrhead_vllm.ray_cluster import ClusterUnreachableError
     from qrhead_vllm.serve.builder import DEFAULT_CONFIG, load_config
+    from qrhead_vllm.serve.errors import validation_message
     from qrhead_vllm.serve.launch import start_local, stop_local
 
     try:
         cfg = load_config({"config": args.config or str(DEFAULT_CONFIG), **_overrides(args)})
-    except (OSError, ValidationError) as e:
-        print(f"qrhead serve: error: bad config: {e}", file=sys.stderr)
+    except (OSError, ValidationError) as e:     # e.g. an open non-loopback bind: before Ray
+        detail = validation_message(e) if isinstance(e, ValidationError) else e
+        print(f"qrhead serve: error: bad config: {detail}", file=sys.stderr)
         return EXIT_USER_ERROR
     print(f"qrhead serve: starting {cfg.retriever.model} (this takes a minute or two) ...",
           file=sys.stderr)
