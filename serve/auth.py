@@ -88,10 +88,10 @@ class APIKeyAuth:
 def install_auth(app, key_file: str | None, metrics_needs_key: bool, public: bool) -> int:
     """Add :class:`APIKeyAuth` as the app's outermost middleware; returns the number of keys."""
     keys = load_api_keys(key_file)
-    if not keys and public:
-        logger.warning("the app listens on all interfaces and no API key is configured: anyone "
-                       "who reaches the port can use every model (set QRHEAD_API_KEY or "
-                       "http.api_key_file)")
+    if not keys and public:      # only with http.allow_unauthenticated (serve/args.py)
+        logger.warning("the app listens on a non-loopback address and no API key is "
+                       "configured (http.allow_unauthenticated): anyone who reaches the port "
+                       "can use every model")
     open_paths = OPEN_PATHS if metrics_needs_key else OPEN_PATHS | {"/metrics"}
     app.add_middleware(APIKeyAuth, keys=keys, open_paths=open_paths)
     return len(keys)
