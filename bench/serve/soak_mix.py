@@ -1,0 +1,161 @@
+"""The soak bench's traffic (bench/serve/soak.py): a fixed, seeded mix of requests, each with
+its arrival (in units of the mean gap) and its cost, and how one is sent."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+MIX = {"rerank": 0.55, "chat": 0.15, "chat-stream": 0.10, "answer": 0.15, "bad": 0.05}
+RERANK_DOCS = (5, 10, 20, 40, 70, 100)
+ANSWER_DOCS = (5, 10)
+CHAT_TOKENS = 16
+PASSAGE_WORDS = 30                  # "short documents": the first 30 words of a passage
+LOAD_BENCH_OK_REQ_S = 2.2           # the load bench's 3-passage reranks (module docstring)
+LOAD_BENCH_DOCS = 3
+UTILISATION = 0.7
+MIX_SIZE = 20000                    # more than any soak sends (30 min at 2 req/s: 3,600)
+
+
+@dataclass(frozen=True)
+class Item:
+    route: str              # a key of MIX
+    method: str
+    path: str
+    body: bytes
+    stream: bool
+    expect: str             # "200" or "4xx"
+    cost: float             # load-bench reranks this request is worth
+    at: float = 0.0         # arrival, in mean gaps from the start (seeded exponential)
+
+
+def passages(data: str | Path | None) -> tuple[list[dict], list[str], float]:
+    """(short passages, questions, mean words of a load-bench request) of the HotpotQA file."""
+    from qrhead_vllm.datasets import load_hotpotqa
+    examples = load_hotpotqa(data)
+    docs = [{"title": d.title, "text": " ".join(d.text.split()[:PASSAGE_WORDS])}
+            for ex in examples for d in ex.documents]
+    ref = sum(words([{"title": d.title, "text": d.text} for d in ex.documents[:LOAD_BENCH_DOCS]],
+                    ex.query) for ex in examples) / len(examples)
+    return docs, [ex.query for ex in examples], ref
+
+
+def words(docs: list[dict], query: str) -> int:
+    return len(query.split()) + sum(len(d["title"].split()) + len(d["text"].split())
+                                    for d in docs)
+
+
+def build_mix(seed: int, model: str, plain: bool = False,
+              data: str | Path | None = None) -> list[Item]:
+    """:data:`MIX_SIZE` requests drawn with ``seed`` (the same list on every run with that seed;
+    ``plain``: as plain vLLM serves them, see soak.py)."""
+    rng, (docs, questions, ref) = random.Random(seed), passages(data)
+    routes, weights = list(MIX), list(MIX.values())
+    items, at = [], 0.0
+    for i in range(MIX_SIZE):
+        at += rng.expovariate(1.0)
+        route = rng.choices(routes, weights)[0]
+        question = rng.choice(questions)
+        make = PLAIN if plain else APP
+        items.append(make[route](rng, docs, question, model, ref, i, at))
+    return items
+
+
+def default_rate(items: list[Item]) -> float:
+    """70 % of the load bench's capacity, in requests of this mix per second."""
+    mean_cost = sum(i.cost for i in items) / len(items)
+    return UTILISATION * LOAD_BENCH_OK_REQ_S / mean_cost
+
+
+def _json(route, path, body, cost, at, stream=False, expect="200") -> Item:
+    return Item(route, "POST", path, json.dumps(body).encode(), stream, expect, cost, at)
+
+
+def _sample(rng, docs, sizes) -> list[dict]:
+    return rng.sample(docs, rng.choice(sizes))
+
+
+def _rerank(rng, docs, q, model, ref, i, at) -> Item:
+    chosen = _sample(rng, docs, RERANK_DOCS)
+    return _json("rerank", "/v1/rerank", {"query": q, "documents": chosen, "top_n": 3,
+                                          "return_documents": False}, words(chosen, q) / ref, at)
+
+
+def _chat(route: str):
+    def make(rng, docs, q, model, ref, i, at) -> Item:
+        body = {"model": model, "messages": [{"role": "user", "content": q}],
+                "max_tokens": CHAT_TOKENS, "temperature": 0, "stream": route == "chat-stream"}
+        return _json(route, "/v1/chat/completions", body, 1 + len(q.split()) / ref, at,
+                     stream=route == "chat-stream")
+    return make
+
+
+def _answer(rng, docs, q, model, ref, i, at) -> Item:
+    chosen = _sample(rng, docs, ANSWER_DOCS)
+    stream = rng.random() < 0.5
+    body = {"question": q, "passages": chosen, "top_k": 3, "max_tokens": CHAT_TOKENS,
+            "stream": stream}
+    return _json("answer", "/v1/answer", body, 1 + 2 * words(chosen, q) / ref, at, stream)
+
+
+BAD = [("/v1/rerank", b'{"query": "x", "documents": ['),                       # not JSON
+       ("/v1/rerank", json.dumps({"query": "x", "documents": []}).encode()),     # no documents
+       ("/v1/answer", json.dumps({"question": "", "passages": ["a"]}).encode()),  # no question
+       ("/v1/chat/completions", json.dumps({"model": "no-such-model", "messages": [
+           {"role": "user", "content": "hi"}]}).encode())]                       # unknown model
+
+
+def _bad(rng, docs, q, model, ref, i, at) -> Item:
+    path, body = BAD[i % len(BAD)]
+    return Item("bad", "POST", path, body, False, "4xx", 0.0, at)
+
+
+APP = {"rerank": _rerank, "chat": _chat("chat"), "chat-stream": _chat("chat-stream"),
+       "answer": _answer, "bad": _bad}
+
+
+def _as_prompt(chosen: list[dict], q: str) -> str:
+    return "\n\n".join(f"{d['title']}: {d['text']}" for d in chosen) + f"\n\nQuestion: {q}"
+
+
+def _plain_rerank(rng, docs, q, model, ref, i, at) -> Item:
+    chosen = _sample(rng, docs, RERANK_DOCS)
+    body = {"model": model, "prompt": _as_prompt(chosen, q), "max_tokens": 1, "temperature": 0}
+    return _json("rerank", "/v1/completions", body, words(chosen, q) / ref, at)
+
+
+def _plain_answer(rng, docs, q, model, ref, i, at) -> Item:
+    chosen = _sample(rng, docs, ANSWER_DOCS)
+    stream = rng.random() < 0.5
+    body = {"model": model, "messages": [{"role": "user", "content": _as_prompt(chosen, q)}],
+            "max_tokens": CHAT_TOKENS, "temperature": 0, "stream": stream}
+    return _json("answer", "/v1/chat/completions", body, 1 + 2 * words(chosen, q) / ref, at,
+                 stream)
+
+
+def _plain_bad(rng, docs, q, model, ref, i, at) -> Item:
+    path, body = BAD[i % len(BAD)]                     # vLLM's own routes
+    path = "/v1/completions" if path != "/v1/chat/completions" else path
+    return Item("bad", "POST", path, body, False, "4xx", 0.0, at)
+
+
+PLAIN = {**APP, "rerank": _plain_rerank, "answer": _plain_answer, "bad": _plain_bad}
+
+
+async def send(http: httpx.AsyncClient, item: Item) -> tuple[int, float]:
+    """(status, latency to the last byte); a transport failure is status 0."""
+    t0 = time.monotonic()
+    headers = {"content-type": "application/json"}
+    try:
+        async with http.stream(item.method, item.path, content=item.body,
+                               headers=headers) as r:
+            async for _ in r.aiter_raw():
+                pass
+            return r.status_code, time.monotonic() - t0
+    except httpx.HTTPError:
+        return 0, time.monotonic() - t0

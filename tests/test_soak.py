@@ -1,0 +1,67 @@
+"""The soak bench's bounds (bench/serve/soak_report.py:check) on synthetic series, so they can
+be seen to fail; then the 3-minute soak against the session's real app with --check's bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.serve.soak import parse_args, run
+from bench.serve.soak_report import Sample, check
+
+WARMUP = 60
+
+
+def samples(worker_mb: float, worker_fds: int = 40) -> list[Sample]:
+    start = Sample(0, {"VLLM::Worker": 900.0, "raylet": 80.0}, {"VLLM::Worker": 30, "raylet": 50})
+    warm = Sample(WARMUP, {"VLLM::Worker": 1000.0, "raylet": 80.0},
+                  {"VLLM::Worker": 40, "raylet": 50})
+    end = Sample(180, {"VLLM::Worker": worker_mb, "raylet": 81.0},
+                 {"VLLM::Worker": worker_fds, "raylet": 50})
+    return [start, warm, end]
+
+
+OK = [("rerank", "200", 1.0, 200, 0.5), ("bad", "4xx", 2.0, 400, 0.01)]
+
+
+def bounds(results, series):
+    return check(results, series, WARMUP, max_rss_growth=0.05, max_fd_growth=8)
+
+
+def test_flat_series_pass_and_growth_from_the_warm_up_is_what_counts():
+    assert bounds(OK, samples(1040.0)) == []     # +16 % since start, +4 % since the warm-up
+
+
+def test_rss_growth_past_the_bound_fails():
+    failures = bounds(OK, samples(1060.0))
+    assert len(failures) == 1 and failures[0].startswith("VLLM::Worker: RSS 1000 -> 1060 MB")
+
+
+def test_fd_growth_past_the_bound_fails():
+    assert bounds(OK, samples(1000.0, worker_fds=49)) == [
+        "VLLM::Worker: open fds 40 -> 49 (bound +8)"]
+
+
+@pytest.mark.parametrize("result, needle", [
+    (("rerank", "200", 3.0, 500, 0.1), "5xx"),
+    (("chat", "200", 3.0, 0, 0.1), "5xx or transport"),
+    (("bad", "4xx", 3.0, 200, 0.1), "not answered 4xx")])
+def test_server_errors_and_accepted_bad_requests_fail(result, needle):
+    failures = bounds(OK + [result], samples(1000.0))
+    assert len(failures) == 1 and needle in failures[0]
+
+
+def test_no_sample_after_the_warm_up_fails():
+    assert bounds(OK, samples(1000.0)[:1]) == ["no process sample after the warm-up"]
+
+
+@pytest.mark.slow
+def test_three_minute_soak_holds_the_bounds(serve_app):
+    args = parse_args(["--url", serve_app.url, "--duration-s", "180", "--window-s", "60",
+                       "--sample-s", "10", "--check"])
+    out = run(args, serve_app.url, "smollm2-135m")
+    print(out["failures"], out["samples"][-1])
+    routes = {r[0] for r in out["results"]}
+    assert {"rerank", "chat", "chat-stream", "answer", "bad"} <= routes
+    assert {"VLLM::Worker", "EngineCore", "engine replica", "ingress replica"} <= set(
+        out["samples"][-1].rss_mb), "the app's processes were not found"
+    assert out["failures"] == []
