@@ -21,9 +21,9 @@ COMMANDS = {
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
-# The engines' own level variables, read once at import (vLLM) or by every process they start
-# (Ray's raylet and workers inherit this process's environment), so they are set, not just the
-# loggers of this process.
+# The engines' own level variables: vLLM reads its variable as an engine starts and hands the
+# level to its engine processes; Ray's raylet and workers inherit this process's environment. So
+# they are set, not just the loggers of this process.
 ENGINE_LOG_ENV = ("VLLM_LOGGING_LEVEL", "RAY_LOGGER_LEVEL")
 ENGINE_LOGGERS = ("vllm", "ray")
 
