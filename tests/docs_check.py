@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Union, get_args, get_origin
 
+import yaml
 from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +66,7 @@ class Markdown:
     paragraphs: list[list[Snippet]] = field(default_factory=list)   # code spans, in order
     headings: set[int] = field(default_factory=set)        # which paragraphs are headings
     code_lines: list[Snippet] = field(default_factory=list)
+    yaml_blocks: list[Snippet] = field(default_factory=list)     # ```yaml blocks, whole
     links: list[Snippet] = field(default_factory=list)
     anchors: set[str] = field(default_factory=set)
 
@@ -92,7 +94,8 @@ def check_markdown(text: str, rel: str, repo: Path = REPO) -> list[Problem]:
 
 # --- reading markdown ------------------------------------------------------------------------
 
-FENCE = re.compile(r"^\s*(```|~~~)")
+FENCE = re.compile(r"^\s*(```|~~~)\s*(\w*)")
+HEADING = re.compile(r"^#{1,6}\s")
 BLOCK_START = re.compile(r"^\s*(#{1,6}\s|\||[-*+]\s|\d+[.)]\s|>)")
 CODE_SPAN = re.compile(r"(`+)(.+?)(?<!`)\1(?!`)", re.S)
 LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
@@ -118,7 +121,7 @@ def parse_markdown(text: str, rel: str) -> Markdown:
         if line.strip():
             start = i if not paragraph else start
             paragraph.append(line)
-        if line.startswith("#"):                            # a heading is one line
+        if HEADING.match(line):                             # a heading is one line
             _prose(doc, paragraph, start)
             paragraph = []
         i += 1
@@ -147,6 +150,8 @@ def _code_block(doc: Markdown, lines: list[str], i: int) -> int:
         logical = ""
     if logical:
         doc.code_lines.append(Snippet(first + 1, logical))
+    if fence and fence.group(2) in ("yaml", "yml"):
+        doc.yaml_blocks.append(Snippet(body_start + 1, "\n".join(lines[body_start:end])))
     return end + 1 if fence else end
 
 
@@ -162,14 +167,13 @@ def _prose(doc: Markdown, lines: list[str], start: int) -> None:
                              bool(SENTENCE_END.search(text, previous_end, m.start()))))
         previous_end = m.end()
     doc.paragraphs.append(spans)
-    if text.startswith("#"):
-        doc.headings.add(len(doc.paragraphs) - 1)
     bare = CODE_SPAN.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
     for pattern in (LINK, REF_DEF, HTML_REF):
         for m in pattern.finditer(bare):
             doc.links.append(Snippet(start + 1 + bare.count("\n", 0, m.start()), m.group(1)))
     doc.anchors |= set(HTML_ANCHOR.findall(bare))
-    if text.startswith("#"):
+    if HEADING.match(text):
+        doc.headings.add(len(doc.paragraphs) - 1)
         doc.anchors.add(unique_slug(heading_slug(text.lstrip("#")), doc.anchors))
 
 
@@ -265,14 +269,46 @@ def key_pattern() -> re.Pattern:
 
 
 def check_keys(doc: Markdown) -> Iterable[tuple[int, str]]:
-    for paragraph in doc.paragraphs:
-        for span in paragraph:
-            for key in key_pattern().findall(span.text):
-                if key.rsplit(".", 1)[1] in FILE_SUFFIXES:
-                    continue                      # a file name (retriever.py), not a key
-                missing = missing_key_part(key)
-                if missing:
-                    yield span.line, f"`{key}`: no serve-config key {missing!r} (serve/args.py)"
+    named = [(span.line, key) for paragraph in doc.paragraphs for span in paragraph
+             for key in key_pattern().findall(span.text)
+             if key.rsplit(".", 1)[1] not in FILE_SUFFIXES]   # retriever.py: a file, not a key
+    for block in doc.yaml_blocks:
+        named += [(block.line + n, key) for n, key in yaml_keys(block.text)]
+    for line, key in named:
+        missing = missing_key_part(key)
+        if missing:
+            yield line, f"`{key}`: no serve-config key {missing!r} (serve/args.py)"
+
+
+def yaml_keys(text: str) -> list[tuple[int, str]]:
+    """(line offset, dotted key) of every key of a YAML block that is a serve config: a Ray
+    Serve file (``applications[0].args``) or a mapping whose first key is a top-level field of
+    QRHeadServeConfig; nothing for other YAML (head configs, detection jobs)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return []
+    if isinstance(data, dict) and isinstance(data.get("applications"), list):
+        data = (data["applications"][0] or {}).get("args")
+    if not isinstance(data, dict) or not data or \
+            not re.fullmatch(_top_level_fields(), str(next(iter(data)))):
+        return []
+    lines = text.splitlines()
+    return [(_line_of(lines, key), key) for key in _dotted(data)]
+
+
+def _dotted(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        keys += _dotted(value, key + ".") if isinstance(value, dict) and value else [key]
+    return keys
+
+
+def _line_of(lines: list[str], key: str) -> int:
+    """The offset of the line that holds ``key``'s last part (0 when not found)."""
+    last = re.compile(rf"^\s*{re.escape(key.rsplit('.', 1)[-1])}\s*:")
+    return next((n for n, line in enumerate(lines) if last.match(line)), 0)
 
 
 def missing_key_part(key: str) -> str | None:

@@ -90,6 +90,19 @@ def test_serve_config_keys():
         "(serve/args.py)"]
 
 
+def test_serve_config_yaml_blocks():
+    text = ("```yaml\napplications:\n- name: qrhead\n  args:\n    retriever:\n      model: m\n"
+            "      engine_args: {max_num_seqs: 4}\n    http:\n      replica_wait: 30\n```\n\n"
+            "```yaml\nretriever:\n  dtype: bfloat16\n  deployment:\n    num_replica: 2\n```\n\n"
+            "```yaml\nname: smollm2-135m-hotpotqa   # a head config, not a serve config\n"
+            "heads: [[1, 2]]\n```\n")
+    assert problems(text) == [
+        "README.md:9: `http.replica_wait`: no serve-config key 'http.replica_wait' "
+        "(serve/args.py)",
+        "README.md:16: `retriever.deployment.num_replica`: no serve-config key "
+        "'retriever.deployment.num_replica' (serve/args.py)"]
+
+
 # --- paths and links -------------------------------------------------------------------------
 
 @pytest.fixture
