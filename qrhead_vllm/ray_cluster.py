@@ -27,23 +27,26 @@ class ClusterUnreachableError(QRHeadError, ConnectionError):
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             connect_timeout_s: float = CONNECT_TIMEOUT_S, **init_kwargs) -> None:
+             connect_timeout_s: float = CONNECT_TIMEOUT_S, **init_kwargs) -> bool:
     """Join ``address`` (checked to answer first), else start a fresh local cluster of
-    ``num_cpus`` CPUs; a no-op when this process is already connected."""
+    ``num_cpus`` CPUs; a no-op when this process is already connected. True when this call
+    started the cluster (this process owns it: stopping may stop it); False when it joined one
+    or was already connected (others may use it: stopping must leave it running)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     init_kwargs.setdefault("include_dashboard", False)
     if address:
         wait_reachable(address, connect_timeout_s)
         ray.init(address=address, **init_kwargs)
-        return
+        return False
     # Ray starts workers at niceness 15: on a shared machine an engine or a detection actor
     # then gets a few percent of a core. A cluster we start ourselves runs at normal priority
     # (RAY_worker_niceness overrides).
     os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **init_kwargs)
+    return True
 
 
 def gcs_endpoint(address: str) -> tuple[str, int]:

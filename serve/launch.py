@@ -3,6 +3,11 @@
 On a shared 2-core box: ``ray.init(num_cpus=2)`` and the default config reserves 1 CPU for the
 engine replica and 0 for the ingress, so the app fits; vLLM's compute threads are pinned by
 ``VLLM_CPU_OMP_THREADS_BIND`` independently of Ray's logical CPU count.
+
+Stopping stops only what starting started: a cluster :func:`start_local` started goes down
+whole (Serve, every replica, Ray); on a cluster it joined (``--address``), other people's Serve
+applications may run, so only our application is deleted and the cluster keeps running
+(``serve.shutdown()`` would remove every application on it).
 """
 
 from __future__ import annotations
@@ -10,11 +15,23 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from dataclasses import dataclass
 
 from qrhead_vllm.ray_cluster import init_ray
 from qrhead_vllm.serve.args import QRHeadServeConfig
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Started:
+    """What :func:`connect` started in this process, so :func:`stop_local` stops that."""
+
+    app_name: str
+    owns_cluster: bool      # it started the Ray cluster (else it joined one others may use)
+
+
+_started: Started | None = None
 
 
 def free_port() -> int:
@@ -36,13 +53,23 @@ def start_local(cfg: QRHeadServeConfig, num_cpus: int | None = None,
 
     from qrhead_vllm.serve.builder import build_qrhead_app
 
-    init_ray(address, num_cpus)   # no address: a fresh local cluster, never the last one
-    serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
+    connect(cfg, num_cpus, address)
     serve.run(build_qrhead_app(cfg), name=cfg.app_name, route_prefix=cfg.http.route_prefix,
               blocking=False)
     url = app_url(cfg)
     wait_healthy(url, timeout_s)
     return url
+
+
+def connect(cfg: QRHeadServeConfig, num_cpus: int | None = None,
+            address: str | None = None) -> None:
+    """Start (no address: a fresh local cluster) or join Ray, and start Serve's HTTP proxy;
+    remembers which, for :func:`stop_local`."""
+    from ray import serve
+
+    global _started
+    _started = Started(cfg.app_name, owns_cluster=init_ray(address, num_cpus))
+    serve.start(http_options={"host": cfg.http.host, "port": cfg.http.port})
 
 
 def wait_healthy(url: str, timeout_s: float) -> None:
@@ -61,13 +88,22 @@ def wait_healthy(url: str, timeout_s: float) -> None:
 
 
 def stop_local() -> None:
-    """Delete the app (replicas shut their engines down) and stop the local Ray cluster."""
+    """Stop what :func:`start_local` started (module docstring): on its own cluster, Serve and
+    Ray; on a joined cluster, our application only (its replicas shut their engines down),
+    then disconnect."""
+    global _started
     import ray
     from ray import serve
 
+    started, _started = _started, None
     if not ray.is_initialized():    # never connected (e.g. an unreachable --address): serve
         return                      # .shutdown() would auto-connect to the last recorded cluster
     try:
-        serve.shutdown()
+        if started is not None and started.owns_cluster:
+            serve.shutdown()
+        elif started is not None:
+            serve.delete(started.app_name)
+            logger.info("deleted the Serve application %r; the cluster and its other "
+                        "applications keep running", started.app_name)
     finally:
         ray.shutdown()
