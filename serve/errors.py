@@ -6,8 +6,15 @@ the text where they look for it)::
     {"error": {"message": "...", "type": "invalid_request_error", "param": "top_n", "code": 400},
      "message": "..."}
 
-Errors cross Ray handles as exceptions; Ray wraps them (``RayTaskError``), so :func:`to_api_error`
-unwraps the cause before mapping package errors to status codes.
+Client mistakes found inside an engine replica cross the Ray handle as an *item* of its answer
+stream, not as an exception (serve/resilience.py:answer_stream): Serve logs every exception that
+leaves a replica with its full traceback, once per bad request. Other failures still cross as
+exceptions; Ray wraps them (``RayTaskError``), so :func:`to_api_error` unwraps the cause before
+mapping package errors to status codes.
+
+Logging: a 4xx is one line (:class:`ClientErrorLog`: method, route, status, message, request
+id), never a traceback; a 5xx is logged with its traceback (:func:`to_api_error`). In a replica
+these lines go to the Serve log of that replica (:func:`log_to_serve`).
 """
 
 from __future__ import annotations
@@ -57,15 +64,27 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def to_api_error(exc: BaseException) -> APIError:
-    """Map anything raised while handling a request to an APIError (5xx only for real bugs)."""
+def client_error(exc: BaseException) -> APIError | None:
+    """The 4xx for a client's mistake (a bad request, not a failure of ours), else None."""
     exc = unwrap(exc)
     if isinstance(exc, APIError):
-        return exc
+        return exc if exc.status < 500 else None
     if isinstance(exc, ContextOverflowError):
         return APIError(400, str(exc), "documents", "context_length_exceeded")
     if isinstance(exc, (InvalidInputError, HeadConfigError)):
         return APIError(400, str(exc))
+    return None
+
+
+def to_api_error(exc: BaseException) -> APIError:
+    """Map anything raised while handling a request to an APIError (5xx only for real bugs,
+    logged with their traceback)."""
+    refused = client_error(exc)
+    if refused is not None:
+        return refused
+    exc = unwrap(exc)
+    if isinstance(exc, APIError):
+        return exc
     logger.exception("internal error while serving a request", exc_info=exc)
     return APIError(500, f"internal error ({type(exc).__name__}: {exc}); the server keeps "
                          "serving, retry or report it", type="internal_error")
@@ -164,3 +183,86 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+# --- one log line per client error ------------------------------------------------------------
+LOGGED_BODY_BYTES = 4096        # of a 4xx body, for its message: error bodies are small
+
+
+class ClientErrorLog:
+    """ASGI middleware: one log line for every 4xx response, whoever made it (our handlers, the
+    API-key check, the body-size limit, vLLM's app behind the pass-through): method, route,
+    status, message and request id. A client's mistake needs no traceback."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status, body = 0, bytearray()
+
+        async def watching_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and 400 <= status < 500:
+                body.extend(message.get("body", b"")[:LOGGED_BODY_BYTES - len(body)])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        finally:
+            if 400 <= status < 500:
+                logger.info("%s %s %d %s (request id %s)", scope.get("method"),
+                            scope.get("path"), status, error_message(bytes(body)),
+                            request_id(scope))
+
+
+def error_message(body: bytes) -> str:
+    """The message of an error body: ours and vLLM's ({"error": {"message"}}), Cohere's
+    ({"message"}), FastAPI's ({"detail"}), else the text itself, on one line."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        nested = data.get("error")
+        text = data.get("message") or (nested.get("message") if isinstance(nested, dict)
+                                       else nested) or data.get("detail")
+    else:
+        text = None
+    text = str(text) if text else body.decode("utf-8", "replace")
+    return " ".join(text.split())
+
+
+def request_id(scope) -> str:
+    """Serve's request id (the client's X-Request-Id when it sent one), which Serve puts on
+    every log line of the request and in the response's X-Request-Id header."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+        rid = _get_serve_request_context().request_id
+    except ImportError:         # pragma: no cover - Ray is part of the serve install
+        rid = ""
+    headers = dict(scope.get("headers") or [])
+    return rid or headers.get(b"x-request-id", b"-").decode("latin-1")
+
+
+class _ToServeLog(logging.Handler):
+    """Hands each record to Serve's logger, whose handlers (set up per replica, replaced when
+    Serve reconfigures them) add the request id and write the replica's log file."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger("ray.serve").handle(record)
+
+
+def log_to_serve() -> None:
+    """In a Serve replica, send the package's log lines to the replica's Serve log, at INFO
+    unless a level was set. Serve gives other loggers no handler: their warnings would reach
+    the log only as unlabelled stderr, their info lines nowhere."""
+    ours = logging.getLogger("qrhead_vllm")
+    if not any(isinstance(h, _ToServeLog) for h in ours.handlers):
+        ours.addHandler(_ToServeLog())
+    ours.propagate = False
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)

@@ -34,8 +34,8 @@ from qrhead_vllm import __version__
 from qrhead_vllm.dtypes import resolve_dtype
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.auth import install_auth
-from qrhead_vllm.serve.errors import (BodySizeLimit, check_json_depth, install_handlers,
-                                     parse_json_body)
+from qrhead_vllm.serve.errors import (BodySizeLimit, ClientErrorLog, check_json_depth,
+                                     install_handlers, log_to_serve, parse_json_body)
 from qrhead_vllm.serve.metrics import CONTENT_TYPE, cluster_metrics
 from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, RerankRequest, parse_rerank
 from qrhead_vllm.serve.resilience import health_check, open_stream
@@ -120,9 +120,11 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
                   docs_url="/docs", openapi_url="/openapi.json", redoc_url=None)
     install_handlers(app)
     app.add_middleware(BodySizeLimit, limit=cfg.http.max_request_bytes)
-    # Added last = outermost: the key is checked from the headers before any body is read.
+    # Added later = further out: the key is checked from the headers before any body is read,
+    # and every 4xx, the key check's 401 included, is logged as one line.
     install_auth(app, cfg.http.api_key_file, cfg.http.metrics_needs_key,
-                 public=cfg.http.host in ("0.0.0.0", "::"))
+                 public=not cfg.http.loopback)
+    app.add_middleware(ClientErrorLog)
 
     dtype = resolve_dtype(cfg.retriever.dtype, log=False)
 
@@ -198,6 +200,7 @@ class QRHeadIngress:
     """Ray Serve ingress; ``generator`` and ``retriever`` may be the same deployment."""
 
     def __init__(self, generator, retriever, cfg: QRHeadServeConfig):
+        log_to_serve()      # the 4xx lines and 5xx tracebacks, in this replica's Serve log
         self.upstream = Upstream(generator, retriever, cfg.http.replica_wait_s)
         self.cfg = cfg
 

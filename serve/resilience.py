@@ -16,18 +16,19 @@
   message naming the role (retriever / generator); the details go to the log.
 
 Client mistakes (APIError, package errors) and real bugs keep their mapping in
-serve/errors.py:to_api_error.
+serve/errors.py:to_api_error. A client mistake found in an engine replica comes back as an item of
+its stream (:func:`answer_stream`), not as an exception: Serve would log each with a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from fastapi.responses import JSONResponse
 
-from qrhead_vllm.serve.errors import APIError, to_api_error, unwrap
+from qrhead_vllm.serve.errors import APIError, client_error, to_api_error, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,21 @@ class Unavailable(APIError):
         out = super().response()
         out.headers["retry-after"] = str(self.retry_after_s)
         return out
+
+
+async def answer_stream(compute: Callable[[], Awaitable[Any]]) -> AsyncIterator[Any]:
+    """An engine method's stream: ACCEPTED, then ``compute()``'s answer; a client mistake it
+    raises is yielded as the answer (an APIError, which :func:`open_stream` raises in the
+    ingress), so it leaves the replica without Serve logging a traceback for it. Any other
+    failure is raised: Serve logs it with its traceback, and the ingress maps it."""
+    yield ACCEPTED
+    try:
+        answer = await compute()
+    except Exception as e:                      # noqa: BLE001 - re-raised unless a 4xx
+        answer = client_error(e)
+        if answer is None:
+            raise
+    yield answer
 
 
 def is_backpressure(exc: BaseException) -> bool:
@@ -125,7 +141,10 @@ async def open_stream(role: str, send: Callable[[], Any],
         stream = send()
         try:
             await _accepted(stream, role, replica_wait_s)
-            return await stream.__anext__(), stream
+            first = await stream.__anext__()
+            if isinstance(first, APIError):     # a client mistake (answer_stream)
+                raise first
+            return first, stream
         except Exception as e:                  # noqa: BLE001 - mapped, never swallowed
             stream.cancel()
             if isinstance(e, APIError):

@@ -4,9 +4,10 @@ One server class per engine (``serve/vllm_server.py``, ``serve/sglang_server.py`
 registry, :mod:`qrhead_vllm.engines`, names which), in the shape of Ray Serve LLM's
 ``LLMServer`` / ``SGLangServer``: an async constructor that starts the engine in the replica's
 event loop, ``check_health`` for Serve's probe, and plain async methods the ingress calls
-through its handle (``handle.options(stream=True).rerank.remote(req)``). Failures cross the
-handle as exceptions (``APIError`` or a ``QRHeadError``, both picklable); the ingress maps them
-to HTTP in one place (``serve/resilience.py:open_stream``).
+through its handle (``handle.options(stream=True).rerank.remote(req)``). A client's mistake
+comes back as an item of the stream (an ``APIError``: Serve logs every exception that leaves a
+replica with its traceback); other failures cross the handle as exceptions (picklable); the
+ingress maps both to HTTP in one place (``serve/resilience.py:open_stream``).
 
 Every method the ingress calls is a stream whose first item is :data:`ACCEPTED`: the ingress
 bounds how long a request may wait for a replica to take it (none running, or all full) without
@@ -23,7 +24,7 @@ from qrhead_vllm.serve.args import EngineConfig, RetrieverConfig
 from qrhead_vllm.serve.errors import APIError
 from qrhead_vllm.serve.health import ScoringProbe
 from qrhead_vllm.serve.rerank import RerankRequest
-from qrhead_vllm.serve.resilience import ACCEPTED
+from qrhead_vllm.serve.resilience import ACCEPTED, answer_stream
 
 
 def served_names(cfg: EngineConfig, model_id: str) -> list[str]:
@@ -52,18 +53,20 @@ class RetrieverMixin:
         self.probe = ScoringProbe()      # check_health scores when no request did lately
 
     async def rerank(self, req: RerankRequest) -> AsyncIterator[str | dict[str, Any]]:
-        """Streamed: ACCEPTED, then one validated ``/v1/rerank`` request's response body."""
-        yield ACCEPTED
-        yield await self._scored(self._retriever().rerank, req)
+        """Streamed: ACCEPTED, then one validated ``/v1/rerank`` request's response body (or
+        the client error it is refused with: serve/resilience.py:answer_stream)."""
+        async for item in answer_stream(lambda: self._scored(self._retriever().rerank, req)):
+            yield item
 
     async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
                        rescore_candidates: int, heads: str | None = None,
                        calibrate: bool | None = None) -> AsyncIterator[str | dict[str, Any]]:
         """Streamed: ACCEPTED, then the retrieval half of ``/v1/answer``: the best ``top_k``
-        passages, cited."""
-        yield ACCEPTED
-        yield await self._scored(self._retriever().retrieve, question, passages, top_k,
-                                 rescore_candidates, heads, calibrate)
+        passages, cited (or the client error it is refused with)."""
+        async for item in answer_stream(lambda: self._scored(
+                self._retriever().retrieve, question, passages, top_k, rescore_candidates,
+                heads, calibrate)):
+            yield item
 
     async def check_retriever(self) -> None:
         """Raise unless the retriever can score (a rate-limited tiny request, see
@@ -90,7 +93,7 @@ class RetrieverMixin:
         return self.retriever
 
 
-async def no_generator(path: str, why: str) -> AsyncIterator[dict[str, Any] | bytes]:
-    """The ``openai`` stream of a server without the generator role: a 404 saying why."""
-    raise APIError(404, f"{path} is served by the generator; this engine only scores{why}")
-    yield b""  # pragma: no cover  (makes this an async generator, like the real one)
+async def no_generator(path: str, why: str) -> AsyncIterator[APIError]:
+    """The ``openai`` stream of a server without the generator role: a 404 saying why, as an
+    item (a client mistake, not raised: serve/resilience.py:answer_stream)."""
+    yield APIError(404, f"{path} is served by the generator; this engine only scores{why}")
