@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.serve.soak import parse_args, run
-from bench.serve.soak_report import Sample, check
+from bench.serve.soak_report import Sample, check, markdown
 
 WARMUP = 60
 
@@ -59,7 +59,8 @@ def test_three_minute_soak_holds_the_bounds(serve_app):
     args = parse_args(["--url", serve_app.url, "--duration-s", "180", "--window-s", "60",
                        "--sample-s", "10", "--check"])
     out = run(args, serve_app.url, "smollm2-135m")
-    print(out["failures"], out["samples"][-1])
+    print(markdown({"run": "tests/test_soak.py, the session app"}, out["results"],
+                   out["samples"], args.window_s, args.warmup_s, out["failures"]))
     routes = {r[0] for r in out["results"]}
     assert {"rerank", "chat", "chat-stream", "answer", "bad"} <= routes
     assert {"VLLM::Worker", "EngineCore", "engine replica", "ingress replica"} <= set(
