@@ -28,7 +28,8 @@ def gauge_values(text: str) -> dict[str, float]:
 def test_capture_gauges_appear_and_go_back_to_zero(serve_app):
     assert len(GAUGES) == 2
     case = serve_app.cases[1]
-    body = {"query": case["query"], "documents": case["documents"] * 8}   # several windows
+    body = {"query": case["query"], "documents": case["documents"] * 4,   # ~5K tokens:
+            "qrhead": {"windowed": True}}                                 # two windows
     try:                                             # the client leaves mid-prefill
         r = httpx.post(f"{serve_app.url}/v1/rerank", json=body, timeout=0.5)
         pytest.fail(f"a rerank of {len(body['documents'])} documents answered within 0.5 s, "

@@ -15,7 +15,7 @@ MIX = {"rerank": 0.55, "chat": 0.15, "chat-stream": 0.10, "answer": 0.15, "bad":
 RERANK_DOCS = (5, 10, 20, 40, 70, 100)
 ANSWER_DOCS = (5, 10)
 CHAT_TOKENS = 16
-PASSAGE_WORDS = 30                  # "short documents": the first 30 words of a passage
+PASSAGE_WORDS = 12     # "short documents": 100 of them (<= 3.4K prompt tokens) fit max_model_len 4096
 LOAD_BENCH_OK_REQ_S = 2.2           # the load bench's 3-passage reranks (module docstring)
 LOAD_BENCH_DOCS = 3
 UTILISATION = 0.7
