@@ -12,9 +12,10 @@ import json
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.builder import DEFAULT_CONFIG
@@ -94,3 +95,19 @@ def deploy_extra_ingress(app: RunningApp, name: str, cfg: QRHeadServeConfig) -> 
     ingress = QRHeadIngress.options(**cfg.http.ingress.serve_options())
     serve.run(ingress.bind(engine, engine, cfg), name=name, route_prefix=f"/{name}")
     return f"{app.url}/{name}"
+
+
+@contextmanager
+def keyed_ingress(app: RunningApp, name: str, key: str, key_dir: Path) -> Iterator[str]:
+    """:func:`deploy_extra_ingress` with an API key file in ``key_dir`` holding ``key``: the
+    real key check in front of the session app's engine. Removed on exit."""
+    from ray import serve
+
+    key_file = Path(key_dir) / "api-keys"
+    key_file.write_text(key + "\n")
+    cfg = app.config.model_copy(deep=True)
+    cfg.http.api_key_file = str(key_file)
+    try:
+        yield deploy_extra_ingress(app, name, cfg)
+    finally:
+        serve.delete(name)

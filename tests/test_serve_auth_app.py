@@ -19,16 +19,10 @@ DOCS = ["Paris is the capital of France.", "Pasta is Italian food.",
 
 @pytest.fixture(scope="module")
 def auth_url(serve_app, tmp_path_factory):
-    from ray import serve
+    from tests.serve_harness import keyed_ingress
 
-    from tests.serve_harness import deploy_extra_ingress
-
-    key_file = tmp_path_factory.mktemp("keys") / "api-keys"
-    key_file.write_text(KEY + "\n")
-    cfg = serve_app.config.model_copy(deep=True)
-    cfg.http.api_key_file = str(key_file)
-    yield deploy_extra_ingress(serve_app, "auth", cfg)
-    serve.delete("auth")
+    with keyed_ingress(serve_app, "auth", KEY, tmp_path_factory.mktemp("keys")) as url:
+        yield url
 
 
 def test_openai_sdk_needs_the_key(auth_url):
