@@ -164,21 +164,33 @@ def test_the_message_of_any_error_body(body, message):
 ENTRY_START = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) \d{4}-\d\d-\d\d ", re.M)
 
 
-def serve_log_entries() -> list[str]:
-    """Every entry of every Serve log file of this session (an entry: a line with its level and
-    time, plus the lines below it that have none, e.g. a traceback)."""
+def log_entries(*patterns: str) -> list[str]:
+    """Every entry of this session's log files matching ``patterns`` (an entry: a line with its
+    level and time, plus the lines below it that have none, e.g. a traceback)."""
     import ray
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     entries = []
-    for path in sorted(logs.glob("*.log")):
+    for path in sorted(p for pattern in patterns for p in logs.glob(pattern)):
         text = path.read_text(errors="replace")
         starts = [m.start() for m in ENTRY_START.finditer(text)] + [len(text)]
         entries += [text[a:b] for a, b in zip(starts, starts[1:])]
     return entries
 
 
+def serve_logs() -> list[str]:
+    """The Serve log files of the replicas and the proxy."""
+    return log_entries("serve/*.log")
+
+
+def every_log() -> list[str]:
+    """The Serve log files and each worker's stderr/stdout, where Serve copies its lines too:
+    once vLLM has started in the engine replica, that replica's lines (a failed request's
+    traceback among them) reach only its worker's stderr file."""
+    return log_entries("serve/*.log", "worker-*.err", "worker-*.out")
+
+
 def failed_requests() -> int:
-    return sum("Request failed" in e for e in serve_log_entries())
+    return sum("Request failed" in e for e in every_log())
 
 
 CASES = [   # (id, body, status, words of the message): found in the ingress or in the engine
@@ -201,13 +213,13 @@ def test_a_bad_request_leaves_one_log_line(serve_app, body, status, words):
     assert r.headers["x-request-id"] == rid
     deadline = time.monotonic() + 30                 # Serve's log handlers flush per record
     while True:
-        entries = [e for e in serve_log_entries() if rid in e]
-        mine = [e for e in entries if f"(request id {rid})" in e]
+        mine = [e for e in serve_logs() if f"(request id {rid})" in e]
         if mine or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert len(mine) == 1, entries
+    assert len(mine) == 1, [e for e in serve_logs() if rid in e]
     assert f"POST /v1/rerank {status} " in mine[0] and words in mine[0]
     assert len(mine[0].strip().splitlines()) == 1
+    entries = [e for e in every_log() if rid in e]
     assert not [e for e in entries if "Traceback" in e or "Request failed" in e], entries
     assert failed_requests() == failed, "a replica logged a failed request for a client error"
