@@ -6,17 +6,18 @@ from __future__ import annotations
 import pytest
 
 from bench.serve.soak import parse_args, run
-from bench.serve.soak_report import Sample, check, markdown
+from bench.serve.soak_report import Bounds, Sample, check, markdown
 
 WARMUP = 60
 
 
-def samples(worker_mb: float, worker_fds: int = 40) -> list[Sample]:
-    start = Sample(0, {"VLLM::Worker": 900.0, "raylet": 80.0}, {"VLLM::Worker": 30, "raylet": 50})
-    warm = Sample(WARMUP, {"VLLM::Worker": 1000.0, "raylet": 80.0},
-                  {"VLLM::Worker": 40, "raylet": 50})
-    end = Sample(180, {"VLLM::Worker": worker_mb, "raylet": 81.0},
-                 {"VLLM::Worker": worker_fds, "raylet": 50})
+def samples(worker_mb: float, worker_fds: int = 40, proxy_mb: float = 190.0,
+            gauges: dict | None = None) -> list[Sample]:
+    start = Sample(0, {"VLLM::Worker": 900.0, "proxy": 180.0}, {"VLLM::Worker": 30, "proxy": 50})
+    warm = Sample(WARMUP, {"VLLM::Worker": 1000.0, "proxy": 180.0},
+                  {"VLLM::Worker": 40, "proxy": 50})
+    end = Sample(180, {"VLLM::Worker": worker_mb, "proxy": proxy_mb},
+                 {"VLLM::Worker": worker_fds, "proxy": 50}, gauges=gauges or {})
     return [start, warm, end]
 
 
@@ -24,7 +25,8 @@ OK = [("rerank", "200", 1.0, 200, 0.5), ("bad", "4xx", 2.0, 400, 0.01)]
 
 
 def bounds(results, series):
-    return check(results, series, WARMUP, max_rss_growth=0.05, max_fd_growth=8)
+    return check(results, series, WARMUP, Bounds(rss_growth=0.05, front_rss_growth=0.25,
+                                                 fd_growth=8))
 
 
 def test_flat_series_pass_and_growth_from_the_warm_up_is_what_counts():
@@ -34,6 +36,18 @@ def test_flat_series_pass_and_growth_from_the_warm_up_is_what_counts():
 def test_rss_growth_past_the_bound_fails():
     failures = bounds(OK, samples(1060.0))
     assert len(failures) == 1 and failures[0].startswith("VLLM::Worker: RSS 1000 -> 1060 MB")
+
+
+def test_front_processes_have_their_own_bound():
+    assert bounds(OK, samples(1000.0, proxy_mb=220.0)) == []             # +22 %
+    assert bounds(OK, samples(1000.0, proxy_mb=230.0))[0].startswith("proxy: RSS 180 -> 230")
+
+
+def test_capture_state_left_after_the_last_request_fails():
+    left = {"qrhead_capture_active_requests": 1.0, "qrhead_capture_held_results": 0.0}
+    assert bounds(OK, samples(1000.0, gauges=left)) == [
+        f"capture state left after the last request: {left}"]
+    assert bounds(OK, samples(1000.0, gauges=dict.fromkeys(left, 0.0))) == []
 
 
 def test_fd_growth_past_the_bound_fails():

@@ -19,8 +19,8 @@ PROCESSES = {"EngineCore": ("VLLM::EngineCore", "EngineCore_"),
              "runtime env agent": ("runtime_env/agent",), "log monitor": ("log_monitor.py",),
              "monitor": ("autoscaler/_private/monitor.py",), "idle Ray workers": ("ray::IDLE",),
              "vLLM API server": ("VLLM::APIServer", "vllm.entrypoints.openai.api_server")}
-CHECKED = ("ingress replica", "engine replica", "EngineCore", "VLLM::Worker", "proxy",
-           "controller", "raylet", "gcs", "vLLM API server")
+ENGINE = ("engine replica", "EngineCore", "VLLM::Worker", "vLLM API server")
+FRONT = ("ingress replica", "proxy", "controller", "raylet", "gcs")
 GAUGES = ("qrhead_capture_active_requests", "qrhead_capture_held_results")
 MB = 1024 * 1024
 
@@ -86,9 +86,26 @@ def capture_gauges(url: str, headers: dict[str, str]) -> dict[str, float]:
     return out
 
 
+def settled_gauges(url: str, headers: dict[str, str], wait_s: float) -> dict[str, float]:
+    """The capture gauges once they read 0, or their last values after ``wait_s``."""
+    import time
+    deadline = time.monotonic() + wait_s
+    while True:
+        gauges = capture_gauges(url, headers)
+        if not any(gauges.values()) or time.monotonic() > deadline:
+            return gauges
+        time.sleep(5)
+
+
 # --- bounds -------------------------------------------------------------------------------------
-def check(results: list, samples: list[Sample], warmup_s: float, max_rss_growth: float,
-          max_fd_growth: int) -> list[str]:
+@dataclass(frozen=True)
+class Bounds:
+    rss_growth: float           # engine processes, fraction
+    front_rss_growth: float     # the others, fraction
+    fd_growth: int              # any process, open fds
+
+
+def check(results: list, samples: list[Sample], warmup_s: float, bounds: Bounds) -> list[str]:
     """What breaks the bounds (empty: all hold)."""
     failures = []
     codes = Counter(status for _, _, _, status, _ in results)
@@ -102,18 +119,21 @@ def check(results: list, samples: list[Sample], warmup_s: float, max_rss_growth:
     first, last = baseline(samples, warmup_s), samples[-1] if samples else None
     if first is None or last is None or first is last:
         return failures + ["no process sample after the warm-up"]
-    for name in CHECKED:
+    if any(last.gauges.values()):
+        failures.append(f"capture state left after the last request: {last.gauges}")
+    for name in ENGINE + FRONT:
         if name not in first.rss_mb:
             continue
+        bound = bounds.rss_growth if name in ENGINE else bounds.front_rss_growth
         growth = last.rss_mb.get(name, 0.0) / first.rss_mb[name] - 1
-        if growth > max_rss_growth:
+        if growth > bound:
             failures.append(f"{name}: RSS {first.rss_mb[name]:.0f} -> "
                             f"{last.rss_mb.get(name, 0.0):.0f} MB (+{100 * growth:.1f} %, bound "
-                            f"{100 * max_rss_growth:.0f} %)")
+                            f"{100 * bound:.0f} %)")
         fd_growth = last.fds.get(name, 0) - first.fds[name]
-        if fd_growth > max_fd_growth:
+        if fd_growth > bounds.fd_growth:
             failures.append(f"{name}: open fds {first.fds[name]} -> {last.fds.get(name, 0)} "
-                            f"(bound +{max_fd_growth})")
+                            f"(bound +{bounds.fd_growth})")
     return failures
 
 
