@@ -26,6 +26,9 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # they are set, not just the loggers of this process.
 ENGINE_LOG_ENV = ("VLLM_LOGGING_LEVEL", "RAY_LOGGER_LEVEL")
 ENGINE_LOGGERS = ("vllm", "ray")
+# vLLM logs to stdout unless told otherwise, which mixes its lines into `qrhead rerank --json`:
+# logs go to stderr, as ours do (VLLM_LOGGING_STREAM set by the user still wins).
+VLLM_STREAM = ("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,12 +56,14 @@ def add_log_level(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_log_level(level: str | None) -> None:
-    """Set ``level`` (None: info for ours, the engines untouched) before vLLM or Ray start.
+    """Set ``level`` (None: info for ours, the engines' levels untouched) before vLLM or Ray
+    start, and send vLLM's log lines to stderr, so stdout holds only the command's output.
 
     A flag wins over the environment (the package's one precedence rule), so a given level
     overwrites VLLM_LOGGING_LEVEL and RAY_LOGGER_LEVEL for this process and its children.
     """
     logging.basicConfig(format=LOG_FORMAT)   # a no-op when the root logger has a handler
+    os.environ.setdefault(*VLLM_STREAM)
     logging.getLogger("qrhead_vllm").setLevel((level or "info").upper())
     if level is None:
         return

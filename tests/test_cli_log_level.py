@@ -86,6 +86,7 @@ def test_rerank_logs_our_info_lines_unless_told_otherwise(tmp_path):
 @pytest.mark.slow
 def test_rerank_on_vllm_at_warning_prints_no_info_line(tmp_path):
     # vLLM logs INFO by default (the engine-level test above): its engine process, started
-    # by the command, reads the level from the environment the flag set.
+    # by the command, reads the level from the environment the flag set. Its lines go to
+    # stderr (vLLM's default is stdout), so --json's stdout parses (rerank_logs checks).
     err = rerank_logs(tmp_path, "--backend", "vllm", "--log-level", "warning")
     assert not [line for line in err.splitlines() if "INFO" in line], err[-3000:]
