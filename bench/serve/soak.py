@@ -8,7 +8,7 @@ process, Ray's object store use and the capture gauges.
 
 Mix (seed 0, bench/serve/soak_mix.py): reranks of 5 to 100 short HotpotQA passages, chats of
 16 tokens (unstreamed and streamed), ``/v1/answer`` over 5 to 10 passages, 5 % bad requests
-that must get a 4xx. ``--plain-vllm`` runs the same mix on plain ``vllm serve`` with
+that must get a 4xx. ``--plain-vllm`` runs the same mix on vLLM's own OpenAI server with
 ``QRHEAD_ENABLED=0`` (the same engine arguments and thread binding as the app's engine): each
 rerank and answer becomes the completion of a prompt with the same passages (``max_tokens`` 1
 for a rerank), so the engine prefills about as much without our capture; a rerank's null pass
@@ -16,7 +16,7 @@ is not sent (its prefix is cached, it adds only the query span).
 
 Rate (default): 70 % of what the CPU app served of this mix when saturated (0.48 requests/s;
 ``soak_mix.DEFAULT_RATE`` says where from). The load bench's 2.0-2.8 OK reranks/s are of 3
-passages: a rerank here has 52 on average, and chats queue behind them in the one engine.
+passages: a rerank here has 41 on average, and chats queue behind them in the one engine.
 
 ``--check`` exits 1 unless: no 5xx and no transport failure, every bad request got a 4xx, the
 RSS of each engine process (engine replica, EngineCore, VLLM::Worker) grew at most

@@ -19,7 +19,7 @@ PASSAGE_WORDS = 12     # "short documents": 100 of them (<= 3.4K prompt tokens) 
 # 70 % of what the CPU app served of this mix when saturated: 0.48 requests/s (tests/test_soak.py
 # at 0.9 requests/s, 2026-12-07, AMD EPYC Zen 4, 2 cores shared with other jobs: 143 sent in
 # 3 min, answered in 296 s, latency rising every window). The load bench's 2.0-2.8 reranks/s
-# are of 3 passages; a rerank here has 5-100 (52 on average) and a chat queues behind them.
+# are of 3 passages; a rerank here has 5-100 (41 on average) and a chat queues behind them.
 DEFAULT_RATE = 0.7 * 0.48
 MIX_SIZE = 20000                    # more than any soak sends (30 min at 2 req/s: 3,600)
 
