@@ -54,7 +54,8 @@ def main() -> None:
                 timings = event["timings"]
     print("\nsources (best first; start/end are offsets into the context):")
     for p in passages:
-        print(f"[{p['rank']}] {p['score']:8.4f}  {p['start']}-{p['end']}  {p['text']}")
+        text = " ".join(p["text"].split())           # a passage may span lines
+        print(f"[{p['rank']}] {p['score']:8.4f}  {p['start']}-{p['end']}  {text}")
     print(f"retrieval {timings['retrieval_s']:.2f} s, generation {timings['generation_s']:.2f} s")
 
 
