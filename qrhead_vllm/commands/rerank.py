@@ -1,8 +1,8 @@
 """``qrhead rerank``: rank documents for a query with the retrieval heads and print the ranking.
 
-With no arguments it ranks a shipped example (the first example of the evaluation half of the
-shared HotpotQA set, or a small built-in one when that file is absent) on the bundled default
-model, so a fresh install can show what the package does in one command.
+With no arguments it ranks an example on the bundled default model: a 4-document built-in one
+on a fresh clone, or the first example of the evaluation half of the shared HotpotQA set when that
+file is there (``../shared/data`` beside a checkout, or ``QRHEAD_DATA_DIR``), so a fresh install can show what the package does in one command.
 
 When the input has relevance labels (the shipped example's supporting paragraphs, or ``--docs``
 objects with ``"is_supporting": true`` as in the QRHead/ICR files) the table marks those
