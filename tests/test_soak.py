@@ -70,8 +70,11 @@ def test_no_sample_after_the_warm_up_fails():
 
 @pytest.mark.slow
 def test_three_minute_soak_holds_the_bounds(serve_app):
+    # Engine processes may grow 10 %, not the bench's 5 %: vLLM's worker grows on its own
+    # (plain vLLM, QRHEAD_ENABLED=0: +7.8 % in 4 min in bf16; this float32 app +3.3 % in 3 min,
+    # docs/results/soak.md), and CI runs on other CPUs than the one measured.
     args = parse_args(["--url", serve_app.url, "--duration-s", "180", "--window-s", "60",
-                       "--sample-s", "10", "--check"])
+                       "--sample-s", "10", "--check", "--max-rss-growth", "0.10"])
     out = run(args, serve_app.url, "smollm2-135m")
     print(markdown({"run": "tests/test_soak.py, the session app"}, out["results"],
                    out["samples"], args.window_s, args.warmup_s, out["failures"]))
