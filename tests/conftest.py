@@ -66,7 +66,9 @@ def hotpotqa_records():
 @pytest.fixture(scope="session")
 def serve_app():
     """The real app (Ray on this machine, vLLM on CPU, bundled SmolLM2, shipped heads), started
-    once per session: an engine start costs minutes on a 2-core box."""
+    once per session: an engine start costs minutes on a 2-core box. It keeps this process
+    connected to Ray until the session ends, so the modules that use it are named test_serve_*
+    (and test_soak): pytest runs files by name, and test_detect's own ray.init must come first."""
     from qrhead_vllm.serve.launch import start_local, stop_local
     from tests.serve_harness import (RunningApp, app_config, offline_reference,
                                            reference_cases)

@@ -1,7 +1,7 @@
 """The vLLM worker's capture state goes back to empty on every way a scoring request can end
 (issue 27): finished and taken, aborted mid-prefill, given up by its client while the worker
 still computed its last step. Driven through VLLMCapture's own step calls, without an engine;
-tests/test_capture_gauges.py checks the same counts on the real app."""
+tests/test_serve_capture_gauges.py checks the same counts on the real app."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_abandoned_keys_are_bounded():
     assert "k0" not in capture.abandoned and f"k{MAX_ABANDONED + 9}" in capture.abandoned
 
 
-def test_capture_gauges_sum_the_ranks():
+def test_serve_capture_gauges_sum_the_ranks():
     import prometheus_client
 
     metrics.record_capture_state("gauge-test", [{"active": 2, "done": 1}, {"active": 1, "done": 0}])

@@ -25,7 +25,7 @@ def gauge_values(text: str) -> dict[str, float]:
     return out
 
 
-def test_capture_gauges_appear_and_go_back_to_zero(serve_app):
+def test_serve_capture_gauges_appear_and_go_back_to_zero(serve_app):
     assert len(GAUGES) == 2
     case = serve_app.cases[1]
     body = {"query": case["query"], "documents": case["documents"] * 4,   # ~5K tokens:
