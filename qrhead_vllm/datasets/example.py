@@ -26,6 +26,7 @@ class Example:
     ``qrels`` holds graded judgements (doc id → grade, zero grades included) when the source
     has them, *including documents outside the candidates*: trec_eval's ideal ranking for
     nDCG counts every judged document of the query. ``None`` when the source only names gold ids.
+    ``answer`` is the gold answer (shared HotpotQA and MuSiQue records carry one), else None.
     """
 
     qid: str
@@ -33,6 +34,7 @@ class Example:
     documents: tuple[Document, ...]
     gold_ids: frozenset[str] = field(default_factory=frozenset)
     qrels: dict[str, int] | None = field(default=None, hash=False, compare=False)
+    answer: str | None = None      # the gold answer where the source has one (citation spans)
 
     def graded(self) -> dict[str, int]:
         """Graded judgements: ``qrels`` if known, else grade 1 for every gold id."""

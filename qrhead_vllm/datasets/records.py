@@ -95,7 +95,7 @@ def _kind(kind) -> str:
 
 def make_example(qid: str, query: str, docs: list[Document], gold: list, where: str,
                  gold_field: str, gold_outside_ok: bool = False,
-                 qrels: dict[str, int] | None = None) -> Example:
+                 qrels: dict[str, int] | None = None, answer: str | None = None) -> Example:
     """Check ids (unique docs, gold among docs) and build the Example."""
     ids = [d.doc_id for d in docs]
     dup = first_duplicate(ids)
@@ -106,7 +106,8 @@ def make_example(qid: str, query: str, docs: list[Document], gold: list, where: 
     if missing and not gold_outside_ok:
         raise DataError(f"{where}: field '{gold_field}' names {missing} which are not "
                         f"among the document ids")
-    return Example(qid, query.strip(), tuple(docs), gold_ids, qrels)
+    return Example(qid, query.strip(), tuple(docs), gold_ids, qrels,
+                   (answer or "").strip() or None)
 
 
 def first_duplicate(items) -> Any:
@@ -141,7 +142,8 @@ def parse_shared(rec: dict, where: str) -> Example:
         except (TypeError, ValueError):
             raise DataError(f"{where}: field 'qrels' must map ids to integer grades") from None
     return make_example(str(qid), field(rec, "question", str, where), docs, gold, where,
-                        "gold_ids", qrels=qrels)
+                        "gold_ids", qrels=qrels,
+                        answer=field(rec, "answer", str, where, required=False, nonempty=False))
 
 
 def parse_qrhead(rec: dict, where: str) -> Example:
