@@ -21,6 +21,9 @@ from qrhead_vllm.errors import HeadConfigError
 
 logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
+# Which tokens' attention detection scored: the question (retrieval heads, what /v1/rerank
+# reads) or the gold answer (citation heads). qrhead_vllm.detect.spans builds each.
+SpanName = Literal["question", "answer"]
 
 
 class _Frozen(BaseModel):
@@ -65,6 +68,9 @@ class Provenance(_Frozen):
     reference: str | None = Field(None, description="Paper/repo file for released lists.")
     recipe: Literal["mass", "ndcg", "contrast"] | None = Field(
         None, description="Detection recipe (docs/method.md §1.2).")
+    span: SpanName | None = Field(
+        None, description="Detection span: 'question' (retrieval heads) or 'answer' (citation "
+                          "heads); absent in lists made before the choice existed: question.")
     dataset: str | None = Field(None, description="Detection data path or name.")
     dataset_sha256: str | None = Field(None, description="SHA-256 of the detection data file(s).")
     num_examples: int | None = Field(None, ge=0, description="Examples used for detection.")

@@ -35,6 +35,9 @@ class PromptTemplate:
     prefix: str
     separator: str
     suffix: str
+    # What a chat template puts between the assistant header and the reply; the reference
+    # suffixes of Llama-3 and Qwen2.5 stop before it, ours (ChatML, Gemma 3) end with it.
+    reply_prefix: str = ""
 
 
 # Llama-3.x and Qwen2.5 exactly as the reference builds them (docs/method.md §2.1).
@@ -43,8 +46,10 @@ LLAMA3 = PromptTemplate(
     "<|start_header_id|>user<|end_header_id|>",
     " \n\n",
     "<|eot_id|><|start_header_id|>assistant<|end_header_id|>",
+    "\n\n",
 )
-QWEN2 = PromptTemplate("qwen2", "<|im_start|>user", "\n\n", "<|im_end|>\n<|im_start|>assistant")
+QWEN2 = PromptTemplate("qwen2", "<|im_start|>user", "\n\n", "<|im_end|>\n<|im_start|>assistant",
+                       "\n")
 # Our own: the markers of each model's chat template (ChatML for SmolLM2, turns for Gemma 3).
 CHATML = PromptTemplate("chatml", "<|im_start|>user\n", "\n\n", "<|im_end|>\n<|im_start|>assistant\n")
 GEMMA3 = PromptTemplate("gemma3", "<start_of_turn>user\n", "\n\n", "<end_of_turn>\n<start_of_turn>model\n")
@@ -138,6 +143,10 @@ def build_scoring_prompts(tokenizer: Any, template: PromptTemplate, query: str,
     """
     real = tokenize_prompt(tokenizer, template, query, passages)
     null = tokenize_prompt(tokenizer, template, null_query, passages)
+    return _shared_prefix(real, null)
+
+
+def _shared_prefix(real: ScoringPrompt, null: ScoringPrompt) -> tuple[ScoringPrompt, ScoringPrompt]:
     q0 = real.query_start
     if null.query_start != q0 or null.token_ids[:q0] != real.token_ids[:q0]:
         raise InvalidInputError("real and null prompts tokenise differently before the query span")
@@ -150,3 +159,41 @@ def truncate_words(text: str, max_words: int | None) -> str:
     if max_words is None:
         return text
     return " ".join(text.split(" ")[:max_words])
+
+
+def append_answer(tokenizer: Any, template: PromptTemplate, prompt: ScoringPrompt,
+                  answer: str) -> ScoringPrompt:
+    """``prompt`` followed by ``answer`` as the assistant's reply (teacher forcing), the span
+    moved onto the answer's tokens: ``[query_start, num_tokens)`` is then the answer alone.
+
+    The reply is tokenised on its own (no special tokens), so the prompt's tokens stay exactly
+    those of the scoring prompt; ``template.reply_prefix`` (the chat template's newline after
+    the assistant header) goes before it and stays outside the span.
+
+    Raises:
+        InvalidInputError: for an empty answer.
+    """
+    if not isinstance(answer, str) or not answer.strip():
+        raise InvalidInputError("the answer to score must be a non-empty string")
+    text = template.reply_prefix + answer.strip()
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    first, _ = _OffsetIndex([tuple(o) for o in enc["offset_mapping"]]).span(
+        len(template.reply_prefix), len(text))
+    return ScoringPrompt(prompt.token_ids + tuple(enc["input_ids"]), prompt.doc_spans,
+                         prompt.num_tokens + first)
+
+
+def build_answer_prompts(tokenizer: Any, template: PromptTemplate, query: str,
+                         passages: Sequence[Passage], answer: str,
+                         null_answer: str = NULL_QUERY) -> tuple[ScoringPrompt, ScoringPrompt]:
+    """The scoring prompt with ``answer`` as the reply, and its calibration twin: the same
+    prompt with ``null_answer`` as the reply. The twins share every token before the answer
+    span, so the null pass reuses the prefix (cache) exactly as the question's null does.
+
+    Raises:
+        InvalidInputError: for an empty answer, or if the twins tokenise differently before
+            the answer span.
+    """
+    prompt = tokenize_prompt(tokenizer, template, query, passages)
+    return _shared_prefix(append_answer(tokenizer, template, prompt, answer),
+                          append_answer(tokenizer, template, prompt, null_answer))

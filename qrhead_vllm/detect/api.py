@@ -15,6 +15,7 @@ from qrhead_vllm.detect.config import DetectConfig
 from qrhead_vllm.datasets import combined_sha256
 from qrhead_vllm.detect.job import DetectionRun, OnRecords, run_batches, select_examples
 from qrhead_vllm.detect.recipes import rank_heads, reduce_scores
+from qrhead_vllm.detect.spans import SPANS
 from qrhead_vllm.heads import HeadConfig, HeadScore, ModelFacts, Provenance, today
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ def run_detection(cfg: DetectConfig, on_records: OnRecords | None = None) -> Det
     """
     examples, hashes = select_examples(cfg)
     scoring_key = cfg.scoring_key(model_fingerprint(cfg.model))
-    keys = [example_key(scoring_key, ex) for ex in examples]
+    span = SPANS[cfg.span]
+    keys = [example_key(scoring_key, ex, span.key_parts(ex)) for ex in examples]
     ckpt = Checkpoint(cfg.resolved_run_dir(scoring_key))
     if not cfg.resume:
         ckpt.reset()
@@ -69,7 +71,7 @@ def build_head_config(cfg: DetectConfig, meta: dict, records: list[dict],
     heads = tuple(HeadScore(layer=l, head=h, score=s) for l, h, s in ranked[: cfg.top_k])
     table = scores.reshape(facts.num_layers, facts.num_heads).tolist()
     provenance = Provenance(
-        source="detected", recipe=cfg.recipe, dataset=cfg.data,
+        source="detected", recipe=cfg.recipe, span=cfg.span, dataset=cfg.data,
         dataset_sha256=combined_sha256(hashes), num_examples=len(records),
         seed=cfg.shuffle_seed, engine=meta["engine"], engine_version=meta["engine_version"],
         created=today(), notes=_notes(cfg, meta, records, hashes))
@@ -86,7 +88,7 @@ def _notes(cfg: DetectConfig, meta: dict, records: list[dict], hashes: dict[str,
         f"limit={cfg.limit}", f"top_k={cfg.top_k}",
         "score=" + {"mass": "mean per-example gold mass", "ndcg": f"mean nDCG@{cfg.ndcg_k}",
                     "contrast": "mean gold score minus hardest negative"}[cfg.recipe],
-        f"calibrate={cfg.calibrate} null_query={cfg.null_query!r}",
+        f"span={cfg.span}", f"calibrate={cfg.calibrate} null_query={cfg.null_query!r}",
         f"max_words={cfg.max_words} max_docs={cfg.max_docs} reverse_docs={cfg.reverse_docs}",
         f"shuffle_seed={cfg.shuffle_seed}", f"dtype={cfg.dtype}",
         f"prompt_family={meta.get('prompt_family')}", f"examples_without_gold={no_gold}",

@@ -43,11 +43,12 @@ def model_fingerprint(model: str) -> str:
     return h.hexdigest()[:16]
 
 
-def example_key(scoring_key: str, ex: Example) -> str:
-    """Content hash of one prepared example under one scoring setup."""
-    blob = json.dumps([scoring_key, ex.qid, ex.query,
-                       [[str(d.doc_id), d.title, d.text] for d in ex.documents],
-                       sorted(ex.gold_ids)], ensure_ascii=False)
+def example_key(scoring_key: str, ex: Example, extra: list | tuple = ()) -> str:
+    """Content hash of one prepared example under one scoring setup; ``extra``: more of the
+    example that the span reads (the answer), left out when empty so older keys stay valid."""
+    parts = [scoring_key, ex.qid, ex.query, [[str(d.doc_id), d.title, d.text]
+                                             for d in ex.documents], sorted(ex.gold_ids)]
+    blob = json.dumps(parts + ([list(extra)] if extra else []), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

@@ -20,6 +20,7 @@ from qrhead_vllm.core.prompt import NULL_QUERY
 
 from qrhead_vllm.datasets import FORMATS  # noqa: F401  (re-exported)
 from qrhead_vllm.engines import DEFAULT_ENGINE, EngineName
+from qrhead_vllm.heads import SpanName
 
 
 class DetectConfig(BaseModel):
@@ -51,8 +52,11 @@ class DetectConfig(BaseModel):
     max_docs: int | None = Field(None, gt=0, description="Keep only the first N candidates.")
     max_words: int | None = Field(
         None, gt=0, description="Truncate each document to N space-split words (reference: 400).")
-    calibrate: bool = Field(True, description="Subtract the null-query ('N/A') attention.")
-    null_query: str = Field(NULL_QUERY, description="The calibration query.")
+    calibrate: bool = Field(True, description="Subtract the attention of the null twin: the "
+                                              "same prompt with the null text in place of the "
+                                              "question (span question) or of the answer "
+                                              "(span answer).")
+    null_query: str = Field(NULL_QUERY, description="The null text of the calibration twin.")
     prompt_family: str | None = Field(None, description="Override the chat markers of the prompt.")
 
     # --- recipe (docs/method.md §1.2) -------------------------------------------------------
@@ -60,6 +64,11 @@ class DetectConfig(BaseModel):
         "mass", description="'mass': mean calibrated masked attention on gold docs (LME recipe); "
                             "'ndcg': mean nDCG@k of each head's own ranking (NQ recipe); "
                             "'contrast': mean gold score minus the hardest negative's (CoRe-style).")
+    span: SpanName = Field(
+        "question", description="Whose attention is scored on the gold documents: 'question' "
+                                "(retrieval heads: the ranking prompt's question span) or "
+                                "'answer' (citation heads: the same prompt followed by the "
+                                "example's gold answer, its tokens as the span).")
     ndcg_k: int = Field(10, gt=0, description="Cut-off of the ndcg recipe.")
     top_k: int = Field(16, gt=0, description="Heads to keep (16 below 10B, 32 for 70B).")
     stability_seed: int = Field(0, description="Seed of the two disjoint halves of the report.")
@@ -126,6 +135,8 @@ class DetectConfig(BaseModel):
         keys = ("model", "backend", "dtype", "engine_kwargs", "max_words", "calibrate",
                 "null_query", "prompt_family", "ndcg_k")
         settings = {k: getattr(self, k) for k in keys}
+        if self.span != "question":   # absent for the question: older checkpoints stay valid
+            settings["span"] = self.span
         if self.gpus_per_actor > 0:   # the device changes the floats a little
             settings["gpu"] = True
         settings["model_files"] = model_fingerprint

@@ -28,6 +28,7 @@ def write_reports(cfg: DetectConfig, hc: HeadConfig, records: list[dict]) -> dic
                        cfg.top_k, cfg.stability_seed)
     report["name"] = hc.name
     report["recipe"] = cfg.recipe
+    report["span"] = cfg.span
     json_path = out.with_suffix(".stability.json")
     json_path.write_text(json.dumps(report, indent=1) + "\n")
     md_path = out.with_suffix(".stability.md")
@@ -69,7 +70,8 @@ def stability(records: list[dict], recipe: str, num_heads_total: int, top_k: int
 
 def stability_markdown(report: dict, hc: HeadConfig) -> str:
     lines = [f"# Stability of `{hc.name}`", "",
-             f"Recipe `{report['recipe']}`; two disjoint halves of {sum(report['examples'])} "
+             f"Recipe `{report['recipe']}`, span `{report.get('span', 'question')}`; "
+             f"two disjoint halves of {sum(report['examples'])} "
              f"examples ({report['examples'][0]} + {report['examples'][1]}, seed "
              f"{report['seed']}); {report['total_heads']} heads in all.", ""]
     if "overlap" not in report:
@@ -102,7 +104,8 @@ def plot_heatmap(hc: HeadConfig, path: Path) -> Path:
                     color="white")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"{hc.name}: {hc.provenance.recipe} score\n(top-{len(hc.heads)} outlined, "
+    ax.set_title(f"{hc.name}: {hc.provenance.recipe} score, {hc.provenance.span or 'question'} "
+                 f"span\n(top-{len(hc.heads)} outlined, "
                  f"{hc.provenance.num_examples} examples)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()

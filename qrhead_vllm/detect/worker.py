@@ -1,8 +1,9 @@
 """The detection actor: one scoring backend, examples in, per-example head vectors out.
 
 Plain class; :mod:`qrhead_vllm.detect.job` wraps it with ``ray.remote`` so importing this module
-never needs Ray. Every head of every layer is requested (``heads="all"``); the backend streams
-per layer and keeps only ``[H, T]`` row sums, so nothing here grows with L×H×T×T.
+never needs Ray. Every head of every layer is scored on its own: the per-head scores of the
+all-heads method (:data:`DETECT_METHOD`, :mod:`qrhead_vllm.scorers`); the backend streams per
+layer and keeps only ``[H, T]`` row sums, so nothing here grows with L×H×T×T.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import time
 from typing import Any, Sequence
 
 from qrhead_vllm.datasets import Example
+from qrhead_vllm.detect.spans import SPANS
+
+DETECT_METHOD = "icr"     # every head of every layer; detection ranks them by their own scores
 
 # The settings a worker needs (those that change scores are hashed by DetectConfig.scoring_key).
 WORKER_FIELDS = ("model", "backend", "dtype", "engine_kwargs", "max_words", "calibrate",
-                 "null_query", "prompt_family", "ndcg_k", "cpus_per_actor", "gpus_per_actor")
+                 "null_query", "prompt_family", "ndcg_k", "cpus_per_actor", "gpus_per_actor",
+                 "span")
 
 
 class DetectWorker:
@@ -34,10 +39,12 @@ class DetectWorker:
             kwargs = {**engine(settings["backend"]).gpu_kwargs, **kwargs}
         backend = make_backend(settings["backend"], settings["model"], settings["dtype"], **kwargs)
         self.ranker = QRHeadRanker(
-            settings["model"], heads="all", backend=backend, calibrate=settings["calibrate"],
+            settings["model"], method=DETECT_METHOD, backend=backend,
+            calibrate=settings["calibrate"],
             prompt_family=settings["prompt_family"], max_words=settings["max_words"],
             null_query=settings["null_query"], reverse_order=False)  # order: --reverse-docs
         self.ndcg_k = settings["ndcg_k"]
+        self.span = SPANS[settings["span"]]
         self.backend_name = settings["backend"]
 
     def info(self) -> dict[str, Any]:
@@ -49,17 +56,16 @@ class DetectWorker:
 
     def score(self, items: Sequence[tuple[str, Example]]) -> list[dict[str, Any]]:
         """Score ``(checkpoint key, example)`` pairs in one backend call → one record each."""
-        from qrhead_vllm.core import score_documents
         from qrhead_vllm.detect.recipes import example_vectors
 
         start = time.perf_counter()
-        prepared = [self.ranker.prepare(ex.query, list(ex.documents)) for _, ex in items]
+        prepared = [self.span.prepare(self.ranker, ex) for _, ex in items]
         masses = self.ranker.backend.attention_mass([req for _, req in prepared])
         seconds = (time.perf_counter() - start) / max(len(items), 1)
         records = []
         for (key, ex), (docs, req), mass in zip(items, prepared, masses):
-            # [L*H, N], rows in (layer, head) row-major order: ranker.head_pairs for "all".
-            doc_scores = score_documents(mass.real, mass.null, req.real.doc_spans, per_head=True)
+            # [L*H, N], rows in (layer, head) row-major order: ranker.head_pairs for all heads.
+            doc_scores = self.ranker.scorer.head_scores(mass, req.real.doc_spans)
             ids = [str(d.doc_id) for d in docs]
             records.append({"key": key, "qid": ex.qid, "num_docs": len(ids),
                             "num_tokens": req.real.num_tokens, "seconds": round(seconds, 3),
