@@ -79,11 +79,79 @@ class RankedResults:
         return len(self.results)
 
 
-def prep_docs(docs: Any, doc_ids: Sequence[DocId] | None = None) -> list[Document]:
-    """Normalise ``str | Document | dict | list of those`` into Documents with ids.
+@dataclass(frozen=True)
+class DocumentFields:
+    """The keys a document object may use for each field; errors name the first one."""
+
+    text: tuple[str, ...] = ("text",)
+    id: tuple[str, ...] = ("id", "doc_id")
+    title: str = "title"
+
+
+PLAIN_FIELDS = DocumentFields()
+QRHEAD_FIELDS = DocumentFields(text=("paragraph_text",), id=("idx",))    # the QRHead/ICR files
+ANY_FIELDS = DocumentFields(text=("text", "paragraph_text"), id=("id", "doc_id", "idx"))
+
+
+def to_document(d: Any, where: str, default_id: DocId | None,
+                fields: DocumentFields = PLAIN_FIELDS,
+                error: type[InvalidInputError] = InvalidInputError) -> Document:
+    """The one reader of a document, whatever shape it comes in (Python API, /v1/rerank and
+    /v1/answer, ``qrhead rerank --docs``, data files).
+
+    Accepted: a string (the text), a :class:`Document`, or an object with a string text field,
+    an optional string title (an empty one is no title: the prompt gets no title line) and an
+    optional string or integer id. A document without an id gets ``default_id``; with
+    ``default_id=None`` the id is required, so a bare string is refused.
 
     Raises:
-        InvalidInputError: on an empty list, a non-string text or mismatched ids.
+        error: (:class:`InvalidInputError` or a subclass; a ValueError, so pydantic validators
+            may call this) with a message that starts with ``where`` and names the field.
+    """
+    if isinstance(d, Document):
+        text, title, doc_id = d.text, d.title, d.doc_id
+    elif isinstance(d, str) and default_id is not None:
+        text, title, doc_id = d, None, None
+    elif isinstance(d, dict):
+        text, title, doc_id = _first(d, fields.text), d.get(fields.title), _first(d, fields.id)
+        if text is None:
+            raise error(f"{where}: missing field '{fields.text[0]}'; a document is "
+                        f"{_shape(fields, default_id)}")
+    else:
+        raise error(f"{where} must be {_shape(fields, default_id)}, got {type(d).__name__}")
+    _check_type(text, str, where, fields.text[0], "a string", error)
+    if title is not None:
+        _check_type(title, str, where, fields.title, "a string", error)
+    if doc_id is None:
+        if default_id is None:
+            raise error(f"{where}: missing field '{fields.id[0]}'")
+        doc_id = default_id
+    _check_type(doc_id, (str, int), where, fields.id[0], "a string or an integer", error)
+    return Document(text, title or None, doc_id)
+
+
+def _first(d: dict, names: tuple[str, ...]) -> Any:
+    return next((d[k] for k in names if d.get(k) is not None), None)
+
+
+def _shape(fields: DocumentFields, default_id: DocId | None) -> str:
+    if default_id is None:
+        return f"an object with '{fields.id[0]}' and string '{fields.text[0]}' fields"
+    return f"a string or an object with a string '{fields.text[0]}' field"
+
+
+def _check_type(value: Any, kind: type | tuple, where: str, name: str, expected: str,
+                error: type[InvalidInputError]) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind):   # bool is an int, not an id
+        raise error(f"{where}: field '{name}' must be {expected}, got {type(value).__name__}")
+
+
+def prep_docs(docs: Any, doc_ids: Sequence[DocId] | None = None) -> list[Document]:
+    """Normalise ``str | Document | dict | list of those`` into Documents with ids
+    (:func:`to_document`; a document without an id gets ``doc_ids[i]``, else its position).
+
+    Raises:
+        InvalidInputError: on an empty list, a malformed document or mismatched ids.
     """
     if isinstance(docs, (str, Document, dict)):
         docs = [docs]
@@ -91,27 +159,8 @@ def prep_docs(docs: Any, doc_ids: Sequence[DocId] | None = None) -> list[Documen
         raise InvalidInputError("docs must be a non-empty list of strings or documents")
     if doc_ids is not None and len(doc_ids) != len(docs):
         raise InvalidInputError(f"got {len(doc_ids)} doc_ids for {len(docs)} documents")
-    out = []
-    for i, d in enumerate(docs):
-        doc = _one_doc(d, i)
-        default_id = doc_ids[i] if doc_ids is not None else i
-        out.append(Document(doc.text, doc.title, default_id if doc.doc_id is None else doc.doc_id))
-    return out
-
-
-def _one_doc(d: Any, i: int) -> Document:
-    if isinstance(d, Document):
-        doc = d
-    elif isinstance(d, str):
-        doc = Document(d)
-    elif isinstance(d, dict) and "text" in d:
-        doc = Document(d["text"], d.get("title"), d.get("id", d.get("doc_id")))
-    else:
-        raise InvalidInputError(f"document {i} must be a string or have a 'text' field, "
-                                f"got {type(d).__name__}")
-    if not isinstance(doc.text, str) or (doc.title is not None and not isinstance(doc.title, str)):
-        raise InvalidInputError(f"document {i}: text and title must be strings")
-    return doc
+    return [to_document(d, f"document {i}", doc_ids[i] if doc_ids is not None else i)
+            for i, d in enumerate(docs)]
 
 
 def ranked(query: str, docs: list[Document], scores: Sequence[float],

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from qrhead_vllm.results import RankedResults
+from qrhead_vllm.results import RankedResults, to_document
 from qrhead_vllm.serve.errors import APIError, validation_message
 
 EXAMPLE = '{"model": "smollm2-135m", "query": "...", "documents": ["...", "..."], "top_n": 3}'
@@ -93,14 +93,10 @@ class RerankRequest(BaseModel):
 
 
 def normalise_document(d: Any, i: int) -> dict[str, Any]:
-    if isinstance(d, str):
-        return {"text": d}
-    if isinstance(d, dict) and isinstance(d.get("text"), str):
-        if d.get("title") is not None and not isinstance(d["title"], str):
-            raise ValueError(f"[{i}].title must be a string")
-        return d
-    raise ValueError(f"[{i}] must be a string or an object with a string 'text' field, "
-                     f"got {type(d).__name__}")
+    """Document ``i`` of a request as the wire object to echo back (``{"text": d}`` for a
+    string), after checking it with the package's one document reader."""
+    to_document(d, f"[{i}]", i)
+    return {"text": d} if isinstance(d, str) else d
 
 
 def parse_rerank(body: dict[str, Any]) -> RerankRequest:

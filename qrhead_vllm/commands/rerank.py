@@ -27,6 +27,8 @@ from qrhead_vllm.cli import add_log_level, apply_log_level
 from qrhead_vllm.engines import DEFAULT_ENGINE, ENGINE_NAMES
 from qrhead_vllm.errors import HeadConfigError, InvalidInputError, QRHeadError
 from qrhead_vllm.models import DEFAULT_MODEL
+from qrhead_vllm.scorers import DEFAULT_METHOD, SCORER_NAMES
+from qrhead_vllm.results import ANY_FIELDS, Document, to_document
 
 EXIT_USER_ERROR = 2
 
@@ -54,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", default=None,
                         help="head config name or path, or 'all' for every head (ICR); "
                              "default: the model's shipped head config")
+    parser.add_argument("--method", choices=SCORER_NAMES, default=DEFAULT_METHOD,
+                        help="scoring method (qrhead_vllm.scorers; icr scores with every head)")
     parser.add_argument("--backend", choices=ENGINE_NAMES, default=DEFAULT_ENGINE,
                         help="scoring engine (qrhead_vllm.engines; sglang needs .venv-sglang)")
     parser.add_argument("--dtype", choices=dtypes.CHOICES, default=dtypes.AUTO,
@@ -100,12 +104,14 @@ def _rank(args: argparse.Namespace, query: str, docs: list):
     from transformers.utils import logging as hf_logging
 
     from qrhead_vllm.ranker import QRHeadRanker
+    from qrhead_vllm.scorers import ScoringOptions
 
     hf_logging.disable_progress_bar()  # weight-loading bars would bury the table on the terminal
 
     if args.top_k is not None and args.top_k < 1:
         raise InvalidInputError("--top-k must be at least 1")
-    ranker = QRHeadRanker(model=args.model, heads=args.heads, backend=args.backend,
+    options = ScoringOptions(args.method, args.heads)       # bad pairings fail before loading
+    ranker = QRHeadRanker(model=args.model, options=options, backend=args.backend,
                           dtype=args.dtype, max_words=args.max_words,
                           reverse_order=args.reverse_order)
     try:
@@ -120,8 +126,7 @@ def _inputs(query: str | None, docs_file: str | None) -> tuple[str, list, set]:
     if docs_file is not None:
         if query is None:
             raise InvalidInputError("--docs needs --query (the documents are ranked for it)")
-        docs = load_docs(docs_file)
-        return query, [_strip_label(d) for d in docs], labelled_ids(docs)
+        return (query, *load_docs(docs_file))
     example_query, example_docs, gold = shipped_example()
     if query is not None and query != example_query:
         gold = set()  # the example's labels say what answers its own question, not this one
@@ -140,16 +145,6 @@ def shipped_example() -> tuple[str, list, set]:
     return example.query, list(example.documents), set(example.gold_ids)
 
 
-def labelled_ids(docs: list[Any]) -> set:
-    """Ids (or positions, for documents without one) of ``"is_supporting": true`` documents."""
-    return {d.get("id", i) for i, d in enumerate(docs)
-            if isinstance(d, dict) and d.get("is_supporting") is True}
-
-
-def _strip_label(doc: Any) -> Any:
-    return {k: v for k, v in doc.items() if k != "is_supporting"} if isinstance(doc, dict) else doc
-
-
 def gold_ranks(results, gold: set) -> list[int]:
     """The ranks (1 = best) at which the labelled documents landed, best first."""
     return sorted(r.rank for r in results if r.doc_id in gold)
@@ -164,10 +159,12 @@ def gold_summary(ranks: list[int], total: int) -> str:
     return f"supporting paragraph{many} (labelled, marked *gold*) at rank{many} {where} of {total}"
 
 
-def load_docs(path: str) -> list[Any]:
-    """Documents from a JSON list or JSONL file (strings or objects), validated later by the ranker.
+def load_docs(path: str) -> tuple[list[Document], set]:
+    """Documents from a JSON list or JSONL file (strings or objects), and the ids of those
+    labelled ``"is_supporting": true``.
 
-    The reference's field names (``paragraph_text``, ``idx``) are accepted as ``text`` / ``id``.
+    The reference's field names (``paragraph_text``, ``idx``) are accepted as ``text`` / ``id``;
+    a document without an id gets its position.
     """
     try:
         text = Path(path).read_text()
@@ -181,7 +178,10 @@ def load_docs(path: str) -> list[Any]:
                  if line.strip()]
     if not items:
         raise InvalidInputError(f"--docs file {path} holds no documents")
-    return [_alias_fields(d) for d in items]
+    docs = [to_document(d, f"{path}: document {i}", i, ANY_FIELDS) for i, d in enumerate(items)]
+    gold = {doc.doc_id for doc, d in zip(docs, items)
+            if isinstance(d, dict) and d.get("is_supporting") is True}
+    return docs, gold
 
 
 def _json_line(line: str, number: int, path: str) -> Any:
@@ -189,17 +189,6 @@ def _json_line(line: str, number: int, path: str) -> Any:
         return json.loads(line)
     except json.JSONDecodeError as e:
         raise InvalidInputError(f"{path} line {number} is not valid JSON: {e.msg}") from e
-
-
-def _alias_fields(doc: Any) -> Any:
-    if not isinstance(doc, dict):
-        return doc
-    doc = dict(doc)
-    if "text" not in doc and "paragraph_text" in doc:
-        doc["text"] = doc.pop("paragraph_text")
-    if "id" not in doc and "idx" in doc:
-        doc["id"] = doc.pop("idx")
-    return doc
 
 
 def format_table(query: str, results: list, model: str, heads: str,
@@ -231,7 +220,7 @@ def _as_json(args: argparse.Namespace, query: str, results: list, gold: set,
              ranks: list[int]) -> dict:
     out = {
         "query": query, "model": args.model, "heads": args.heads or "default",
-        "backend": args.backend,
+        "method": args.method, "backend": args.backend,
         "results": [{"rank": r.rank, "score": r.score, "index": r.index, "id": r.doc_id,
                      "title": r.document.title, "text": r.document.text}
                     | ({"gold": r.doc_id in gold} if gold else {}) for r in results],

@@ -21,11 +21,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from qrhead_vllm.datasets.example import DataError, Example
-from qrhead_vllm.datasets.records import field, make_example, read_records, sha256_file
-from qrhead_vllm.results import Document
+from qrhead_vllm.datasets.records import (field, make_example, read_records, record_document,
+                                          sha256_file)
+from qrhead_vllm.results import QRHEAD_FIELDS, Document, DocumentFields
 
 CANDIDATE_FILES = ("candidates.tsv", "run.bm25.txt", "candidates.json")
 Qrels = dict[str, dict[str, int]]
+BEIR_FIELDS = DocumentFields(id=("_id",))
 
 
 def load_beir_dir(root: str | Path, split: str = "test", candidates: str | Path | None = None
@@ -81,9 +83,9 @@ def read_candidates(path: Path) -> tuple[dict[str, list[str]], dict | None]:
         if isinstance(data, dict):
             return {str(q): [str(d) for d in ids] for q, ids in data.items()}, None
         inline = {}
-        for r in data:                                   # reference / ICR list, docs inline
-            docs = [Document(p["paragraph_text"], p.get("title") or None, str(p["idx"]))
-                    for p in r["paragraphs"]]
+        for n, r in enumerate(data, start=1):            # reference / ICR list, docs inline
+            docs = [record_document(p, f"{path} record {n}: paragraphs[{i}]", QRHEAD_FIELDS)
+                    for i, p in enumerate(r["paragraphs"])]
             inline[str(r.get("idx", r.get("qid")))] = (r["question"], docs)
         return {q: [d.doc_id for d in docs] for q, (_, docs) in inline.items()}, inline
     return read_run_lines(path), None
@@ -121,9 +123,7 @@ def read_corpus(path: Path, needed: set[str]) -> dict[str, Document]:
     for where, rec in read_records(path):
         doc_id = str(field(rec, "_id", (str, int), where))
         if doc_id in needed:
-            title = field(rec, "title", str, where, required=False, nonempty=False)
-            out[doc_id] = Document(field(rec, "text", str, where, nonempty=False),
-                                   title or None, doc_id)
+            out[doc_id] = record_document(rec, where, BEIR_FIELDS)
     return out
 
 

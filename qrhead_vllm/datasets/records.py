@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
 from qrhead_vllm.datasets.example import DataError, Example
-from qrhead_vllm.results import Document
+from qrhead_vllm.results import PLAIN_FIELDS, QRHEAD_FIELDS, Document, DocumentFields, to_document
 
 
 def sha256_file(path: str | Path) -> str:
@@ -119,19 +120,17 @@ def first_duplicate(items) -> Any:
     return None
 
 
-def _doc(d: Any, where: str, fields: tuple[str, str, str], default_id: str | None) -> Document:
-    id_f, title_f, text_f = fields
-    if not isinstance(d, dict):
-        raise DataError(f"{where}: expected an object, got {type(d).__name__}")
-    doc_id = field(d, id_f, (str, int), where, required=default_id is None)
-    title = field(d, title_f, str, where, required=False, nonempty=False)
-    text = field(d, text_f, str, where, nonempty=False)
-    return Document(text, title or None, str(doc_id) if doc_id is not None else default_id)
+def record_document(d: Any, where: str, fields: DocumentFields = PLAIN_FIELDS,
+                    default_id: str | None = None) -> Document:
+    """A document of a data file (:func:`~qrhead_vllm.results.to_document`), id as a string;
+    the id is required unless ``default_id`` is given."""
+    doc = to_document(d, where, default_id, fields, DataError)
+    return replace(doc, doc_id=str(doc.doc_id))
 
 
 def parse_shared(rec: dict, where: str) -> Example:
     qid = field(rec, "id", (str, int), where)
-    docs = [_doc(d, f"{where}: documents[{i}]", ("id", "title", "text"), None)
+    docs = [record_document(d, f"{where}: documents[{i}]")
             for i, d in enumerate(field(rec, "documents", list, where))]
     gold = field(rec, "gold_ids", list, where, nonempty=False)
     raw = field(rec, "qrels", dict, where, required=False, nonempty=False)
@@ -151,7 +150,7 @@ def parse_qrhead(rec: dict, where: str) -> Example:
     if qid is None or isinstance(qid, bool) or not isinstance(qid, (str, int)):
         raise DataError(f"{where}: missing field 'idx' (string or integer)")
     paragraphs = field(rec, "paragraphs", list, where)
-    docs = [_doc(p, f"{where}: paragraphs[{i}]", ("idx", "title", "paragraph_text"), None)
+    docs = [record_document(p, f"{where}: paragraphs[{i}]", QRHEAD_FIELDS)
             for i, p in enumerate(paragraphs)]
     if "gt_docs" in rec:
         gold, gold_field = field(rec, "gt_docs", list, where, nonempty=False), "gt_docs"
@@ -168,8 +167,7 @@ def parse_qrhead(rec: dict, where: str) -> Example:
 def parse_plain(rec: dict, where: str, default_qid: str) -> Example:
     qid = field(rec, "id", (str, int), where, required=False)
     raw = field(rec, "documents", list, where)
-    docs = [Document(d, None, str(i)) if isinstance(d, str)
-            else _doc(d, f"{where}: documents[{i}]", ("id", "title", "text"), str(i))
+    docs = [record_document(d, f"{where}: documents[{i}]", default_id=str(i))
             for i, d in enumerate(raw)]
     gold = field(rec, "gold", list, where, nonempty=False)
     return make_example(str(qid) if qid is not None else default_qid,
