@@ -12,19 +12,16 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from qrhead_vllm.backends import MassRequest, ScoringBackend
-# make_backend is re-exported: callers and tests reach it as qrhead_vllm.ranker.make_backend.
 from qrhead_vllm.engines import DEFAULT_ENGINE, ENGINE_NAMES, engine, make_backend
-from qrhead_vllm.core import (Passage, beyond_last_layer, build_scoring_prompts, score_documents,
-                              truncate_words)
+from qrhead_vllm.core import Passage, beyond_last_layer, build_scoring_prompts, truncate_words
 from qrhead_vllm.core.prompt import NULL_QUERY
 from qrhead_vllm.errors import ContextOverflowError, HeadConfigError, InvalidInputError
 from qrhead_vllm.heads import HeadConfig, ModelFacts
 from qrhead_vllm.head_registry import resolve_heads
 from qrhead_vllm.models import DEFAULT_MODEL, prompt_template, resolve_model
 from qrhead_vllm.results import Document, DocId, RankedResults, prep_docs, ranked
+from qrhead_vllm.scorers import DEFAULT_METHOD, ScoringOptions
 from qrhead_vllm.windows import WindowConfig
-
-BACKENDS = ENGINE_NAMES     # the names ``backend=`` accepts (qrhead_vllm.engines)
 
 
 def score_only_kwargs(model: str, heads: Any, last_layer: int | None = None) -> dict[str, int]:
@@ -59,7 +56,12 @@ class QRHeadRanker:
             hooks), or a ready :class:`ScoringBackend`.
         dtype: ``"auto"`` (default: bf16 on CPUs with native bf16, fp32 on other CPUs, the
             engine's choice on GPU; :mod:`qrhead_vllm.dtypes`), or an explicit dtype.
-        calibrate: subtract the null-query ("N/A") attention (docs/method.md §2.2); on by default.
+        calibrate: subtract the null-query ("N/A") attention (docs/method.md §2.2); None (the
+            default): the method's choice, on for every shipped method.
+        method: the scoring method, a :mod:`qrhead_vllm.scorers` name: ``"qrhead"`` (default)
+            or ``"icr"`` (every head, like ``heads="all"``).
+        options: the method, heads and calibration as one :class:`ScoringOptions` (what Serve
+            builds from a request); leave ``heads``, ``calibrate`` and ``method`` unset then.
         prompt_family: override the chat markers (``llama3``, ``qwen2``, ``chatml``, ``gemma3``).
         max_words: truncate each document to this many words (the reference's BEIR setting).
         reverse_order: put the documents in each prompt last-to-first, so the first one given
@@ -82,10 +84,13 @@ class QRHeadRanker:
 
     def __init__(self, model: str = DEFAULT_MODEL, heads: Any = None,
                  backend: str | ScoringBackend = DEFAULT_ENGINE, *, dtype: str = "auto",
-                 calibrate: bool = True, prompt_family: str | None = None,
+                 calibrate: bool | None = None, method: str = DEFAULT_METHOD,
+                 options: ScoringOptions | None = None, prompt_family: str | None = None,
                  max_words: int | None = None, null_query: str = NULL_QUERY,
                  reverse_order: bool = True, window: WindowConfig | None = WindowConfig(),
                  score_only: bool = False, last_layer: int | None = None, **engine_kwargs):
+        self.options = _options(options, heads, calibrate, method)
+        self.scorer = self.options.spec
         if score_only or last_layer is not None:
             cut_engines = [n for n in ENGINE_NAMES if engine(n).score_only]
             if not isinstance(backend, str) or not engine(backend).score_only:
@@ -93,16 +98,18 @@ class QRHeadRanker:
                                         f"use them with backend= one of {cut_engines} (the "
                                         "transformers port always stops after the deepest "
                                         "selected layer)")
-            engine_kwargs.update(score_only_kwargs(model, heads, last_layer))
+            engine_kwargs.update(score_only_kwargs(model, self.options.head_spec, last_layer))
         self.backend = (make_backend(backend, model, dtype, **engine_kwargs)
                         if isinstance(backend, str) else backend)
-        self.heads: HeadConfig | None = resolve_heads(heads, model, self.backend.facts)
+        self.heads: HeadConfig | None = resolve_heads(self.options.head_spec, model,
+                                                      self.backend.facts)
         beyond = beyond_last_layer(self.head_pairs, self.backend.last_layer)
         if beyond is not None:
             raise HeadConfigError(beyond)
         self.template = prompt_template(self.backend.hf_config, self.backend.tokenizer,
                                         prompt_family)
-        self.calibrate, self.max_words, self.null_query = calibrate, max_words, null_query
+        self.calibrate = self.options.calibrated
+        self.max_words, self.null_query = max_words, null_query
         self.reverse_order, self.window = reverse_order, window
 
     @property
@@ -206,10 +213,21 @@ class QRHeadRanker:
 
     def _finish(self, query, docs, req, mass, per_head) -> RankedResults:
         spans = req.real.doc_spans
-        scores = score_documents(mass.real, mass.null, spans).tolist()
-        per = score_documents(mass.real, mass.null, spans, per_head=True).tolist() if per_head else None
+        scores = self.scorer.scores(mass, spans).tolist()
+        per = self.scorer.head_scores(mass, spans).tolist() if per_head else None
         return ranked(query.strip(), docs, scores, per, req.prompt_tokens)
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _options(options: ScoringOptions | None, heads: Any, calibrate: bool | None,
+             method: str) -> ScoringOptions:
+    """The ranker's ScoringOptions: ``options`` as given, or built from the three arguments."""
+    if options is None:
+        return ScoringOptions(method, heads, calibrate)
+    if (heads, calibrate, method) != (None, None, DEFAULT_METHOD):
+        raise InvalidInputError("pass the method, heads and calibration either as options= "
+                                "or as method= / heads= / calibrate=, not both")
+    return options
 

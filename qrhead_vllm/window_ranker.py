@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from qrhead_vllm.core import score_documents
 from qrhead_vllm.errors import ContextOverflowError
 from qrhead_vllm.results import Document, RankedResults, WindowInfo, ordered
 from qrhead_vllm.windows import (PLANS, Groups, PlanResult, passage_tokens, run_plan,
@@ -47,13 +46,13 @@ class WindowedRanking:
         return [self.ranker.prepare(self.query, [self.docs[i] for i in g])[1] for g in groups]
 
     def _scores(self, groups: Groups, requests: list, masses: list) -> list[list[float]]:
-        out = []
+        out, scorer = [], self.ranker.scorer
         for g, req, mass in zip(groups, requests, masses):
             spans = req.real.doc_spans
-            out.append(score_documents(mass.real, mass.null, spans).tolist())
+            out.append(scorer.scores(mass, spans).tolist())
             self.prompt_tokens += req.prompt_tokens
             if self.per_head:
-                per = score_documents(mass.real, mass.null, spans, per_head=True)
+                per = scorer.head_scores(mass, spans)
                 for j, i in enumerate(g):
                     self.head_rows[i] = per[:, j].tolist()
         return out

@@ -12,9 +12,12 @@ sum of its tokens (its single token), so it still ranks by the attention it rece
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+
+# How a document's tokens become its score: ``[..., n_tokens] -> [...]``.
+SpanSum = Callable[[torch.Tensor], torch.Tensor]
 
 
 def calibrate(real_mass: torch.Tensor, null_mass: torch.Tensor) -> torch.Tensor:
@@ -35,15 +38,17 @@ def masked_span_sum(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > thr, x, torch.zeros_like(x)).sum(dim=-1)
 
 
-def doc_scores(token_scores: torch.Tensor, doc_spans: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Outlier-masked sum of ``token_scores[..., a:b]`` for each document span → ``[..., N]``."""
-    cols = [masked_span_sum(token_scores[..., a:b]) for a, b in doc_spans]
+def doc_scores(token_scores: torch.Tensor, doc_spans: Sequence[tuple[int, int]],
+               span_sum: SpanSum = masked_span_sum) -> torch.Tensor:
+    """``span_sum`` (default: the outlier-masked sum) of ``token_scores[..., a:b]`` for each
+    document span → ``[..., N]``."""
+    cols = [span_sum(token_scores[..., a:b]) for a, b in doc_spans]
     return torch.stack(cols, dim=-1)
 
 
 def score_documents(real_mass: torch.Tensor, null_mass: torch.Tensor | None,
-                    doc_spans: Sequence[tuple[int, int]], per_head: bool = False
-                    ) -> torch.Tensor:
+                    doc_spans: Sequence[tuple[int, int]], per_head: bool = False,
+                    span_sum: SpanSum = masked_span_sum) -> torch.Tensor:
     """Document scores from the per-head mean attention rows of the two passes.
 
     Args:
@@ -51,11 +56,11 @@ def score_documents(real_mass: torch.Tensor, null_mass: torch.Tensor | None,
         null_mass: ``[H, T0]`` the same for the null query, or None to skip calibration.
         doc_spans: half-open token spans of the documents.
         per_head: mask and sum per head (detection) instead of after summing heads (ranking).
+        span_sum: how a document's tokens become its score (the scoring method's choice,
+            :mod:`qrhead_vllm.scorers`); QRHead's outlier-masked sum by default.
 
     Returns:
         ``[N]`` scores, or ``[H, N]`` with ``per_head``.
     """
     c = real_mass if null_mass is None else calibrate(real_mass, null_mass)
-    if per_head:
-        return doc_scores(c, doc_spans)
-    return doc_scores(c.sum(dim=0), doc_spans)
+    return doc_scores(c if per_head else c.sum(dim=0), doc_spans, span_sum)
