@@ -164,3 +164,19 @@ def sentence_sources(m: torch.Tensor, count: int, prior: torch.Tensor | None,
     else:
         shares = decode
     return cited(shares, rule)
+
+
+def token_offsets(tokenizer: Any, token_ids: Sequence[int], text: str
+                  ) -> list[tuple[int, int]]:
+    """Char spans of generated tokens in the answer ``text``: token ``i`` ends where the
+    decoding of the first ``i + 1`` ids ends (clipped to ``text``, which a stop string may have
+    cut). The tokenizer is duck-typed (``decode(ids, skip_special_tokens=True)``); special
+    tokens get empty spans."""
+    out, prev = [], 0
+    for i in range(len(token_ids)):
+        end = min(len(tokenizer.decode(list(token_ids[:i + 1]), skip_special_tokens=True)),
+                  len(text))
+        end = max(prev, end)
+        out.append((prev, end))
+        prev = end
+    return out
