@@ -8,6 +8,11 @@ Never ``output_attentions``, never an L×H×T×T tensor.
 
 The null-query pass reuses the document prefix: the real prompt is prefilled, the cache is
 cropped to the query-span start and only the null suffix is fed (docs/method.md §2.2 step 2).
+
+Decode-time attention (:meth:`TransformersBackend.decode_mass`) is the oracle of the vLLM
+decode capture, by teacher forcing: one forward over the prompt and the generated tokens but
+the last, whose query rows from the prompt's last position on are the rows vLLM's decode steps
+compute one at a time (``core.capture.DecodeCapture``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from qrhead_vllm.backends import InThread, MassRequest, MassResult
 from qrhead_vllm.core import SpanCapture, layer_heads
+from qrhead_vllm.core.capture import DecodeCapture
 from qrhead_vllm.errors import CaptureError
 from qrhead_vllm.heads import ModelFacts
 
@@ -38,9 +44,9 @@ class _StopForward(Exception):
 
 @dataclass
 class _Forward:
-    """One forward pass's capture: the request's SpanCapture and where to stop."""
+    """One forward pass's capture (query-span rows or decode-time mass) and where to stop."""
 
-    capture: SpanCapture
+    capture: SpanCapture | DecodeCapture
     last_layer: int | None
 
 
@@ -111,12 +117,31 @@ class TransformersBackend(InThread):
                                  req.null, cache, req.heads)
         return MassResult(real, null)
 
+    @torch.inference_mode()
+    def decode_mass(self, prompt_ids: Sequence[int], generated_ids: Sequence[int],
+                    heads: Sequence, doc_spans: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """``[G, H, N]`` fp32: for each of the G generated tokens, each head's attention mass on
+        each document span in the step that emitted it (row 0: the prompt's last token; row
+        ``i``: generated token ``i - 1``), by teacher forcing in one forward pass."""
+        f, num_prompt = self.facts, len(prompt_ids)
+        ids = list(prompt_ids) + list(generated_ids[:-1])
+        cap = DecodeCapture(num_prompt - 1, layer_heads(heads, f.num_heads, f.num_kv_heads),
+                            tuple(map(tuple, doc_spans)), num_prompt)
+        rows = self._capture_forward(ids, 0, cap, DynamicCache())            # [H, G, N]
+        return rows.permute(1, 0, 2).contiguous()
+
     def _forward(self, ids, start: int, prompt, cache, heads) -> torch.Tensor:
         """Prefill ``ids`` (prompt positions ``start..``) and return the ``[len(heads), T]``
         mean span rows in the caller's head order."""
         f = self.facts
         cap = SpanCapture(prompt.query_start, prompt.num_tokens,
                           layer_heads(heads, f.num_heads, f.num_kv_heads))
+        return self._capture_forward(ids, start, cap, cache)
+
+    def _capture_forward(self, ids, start: int, cap: SpanCapture | DecodeCapture,
+                         cache) -> torch.Tensor:
+        """Run ``ids`` (positions ``start..``) through the model with ``cap`` capturing; its
+        result in the caller's head order."""
         cap.begin_step(start, len(ids))
         token = _capture.set(_Forward(cap, max(cap.layers) if self.early_exit else None))
         try:

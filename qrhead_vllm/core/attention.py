@@ -4,6 +4,8 @@ Nothing here materialises an [H, T, T] matrix: for one layer we compute, for the
 heads only, the softmax rows of the query-span positions against all keys (fp32, logsumexp over
 every key the position can see), and immediately sum them over the span rows. Summing (not
 averaging) lets the rows of one query span arrive in several prefill chunks and simply add up.
+Decode-time rows (:func:`span_mass_rows`) are kept one per query token but reduced at once to
+their mass on each document span, so what outlives a layer is ``[n, H_sel, N]``.
 
 Shapes use vLLM's nouns: ``block_table`` rows of physical block ids, ``block_size`` tokens per
 block, keys laid out ``[num_blocks, block_size, num_kv_heads, head_size]`` (FlashAttention's
@@ -75,22 +77,66 @@ def span_attention_rows(query: torch.Tensor, keys: torch.Tensor, positions: torc
         ``[H_sel, S]`` fp32, Σ over the n rows of softmax over keys (each row sums to 1),
         column j being absolute position ``key_offset + j``.
     """
-    n, num_sel, _ = query.shape
+    out = torch.empty(query.shape[1], keys.shape[1], dtype=torch.float32, device=keys.device)
+    for sel, probs in _group_softmax(query, keys, positions, kv_head_of, scale, sliding_window,
+                                     key_offset):
+        out[sel] = probs.sum(dim=1)
+        del probs
+    return out
+
+
+def span_mass_rows(query: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor,
+                   kv_head_of: Sequence[int], scale: float, span_matrix: torch.Tensor,
+                   sliding_window: int | None = None, key_offset: int = 0) -> torch.Tensor:
+    """Each query row's attention mass on each span (decode-time citations): the causal
+    softmax row of every selected head over all the keys it can see, summed over each span.
+
+    Args:
+        span_matrix: ``[P, N]`` fp32, 1 where prompt position ``p`` lies in span ``j`` (see
+            :func:`span_matrix`); spans lie before ``P``, keys past it carry no span.
+        Others as :func:`span_attention_rows`.
+
+    Returns:
+        ``[n, H_sel, N]`` fp32, one row per query row (not summed over rows).
+    """
+    n, num_sel = query.shape[:2]
+    covered = max(0, min(span_matrix.shape[0] - key_offset, keys.shape[1]))
+    spans = span_matrix[key_offset:key_offset + covered]
+    out = torch.empty(n, num_sel, span_matrix.shape[1], dtype=torch.float32, device=keys.device)
+    for sel, probs in _group_softmax(query, keys, positions, kv_head_of, scale, sliding_window,
+                                     key_offset):
+        out[:, sel] = (probs[..., :covered] @ spans).transpose(0, 1)        # [n, h, N]
+        del probs
+    return out
+
+
+def span_matrix(spans: Sequence[tuple[int, int]], num_positions: int,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[num_positions, len(spans)]`` fp32 membership of each position in each half-open
+    span (a matmul with it sums an attention row over every span at once)."""
+    out = torch.zeros(num_positions, len(spans), dtype=torch.float32, device=device)
+    for j, (a, b) in enumerate(spans):
+        out[a:b, j] = 1.0
+    return out
+
+
+def _group_softmax(query, keys, positions, kv_head_of, scale, sliding_window, key_offset):
+    """``(selector, [h, n, S] fp32 causal softmax)`` for each KV group of the selected heads:
+    one matmul per KV head, the query heads that share it (GQA) never repeat the keys."""
     num_keys = keys.shape[1]
     key_pos = torch.arange(key_offset, key_offset + num_keys, device=keys.device)
     pos = positions.to(keys.device).long()
     hidden = key_pos[None, :] > pos[:, None]                          # causal: [n, S]
     if sliding_window is not None:
         hidden |= key_pos[None, :] <= pos[:, None] - sliding_window
-    out = torch.empty(num_sel, num_keys, dtype=torch.float32, device=keys.device)
-    # One matmul per KV head: the query heads that share it (GQA) never repeat the keys.
     for kv, sel in _kv_groups([int(k) for k in kv_head_of], keys.device):
         q = query[:, sel].float().mul(scale).transpose(0, 1)          # [h, n, D]
         logits = q @ keys[kv].float().T                                # [h, n, S]
         logits.masked_fill_(hidden, float("-inf"))
-        out[sel] = torch.softmax(logits, dim=-1).sum(dim=1)
-        del q, logits  # free this group's [h, n, S] before the next group's is allocated
-    return out
+        probs = torch.softmax(logits, dim=-1)
+        del q, logits
+        yield sel, probs
+        del probs  # (callers del theirs too) free this group's [h, n, S] before the next's
 
 
 def _kv_groups(kv_head_of: list[int], device: torch.device):

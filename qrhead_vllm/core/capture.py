@@ -7,6 +7,9 @@ chunks add up; a recomputed slice (preemption) starts the request over. Everythi
 device the engine computes on: the per-layer path never synchronises with the host, and the
 result is copied to the CPU once, when the request finishes.
 
+:class:`SpanCapture` holds the prefill's query-span rows (the scores); :class:`DecodeCapture`
+the decode-time mass of each generated token on each document span (the citations).
+
 Failures are loud, never a wrong score: a layer that holds requested heads but was not captured
 in a step (another model naming, a skipped layer, a pipeline stage elsewhere), or keys read back
 through the engine's cache layout that differ from the keys it wrote, make the result an error.
@@ -19,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from qrhead_vllm.core.attention import span_attention_rows
+from qrhead_vllm.core.attention import span_attention_rows, span_mass_rows, span_matrix
 from qrhead_vllm.core.heads import Head, shard_heads
 
 
@@ -49,16 +52,54 @@ def layer_heads(heads: Sequence[Head], num_heads: int, num_kv_heads: int, tp_siz
 
 @dataclass
 class CaptureResult:
-    """Mean attention rows ``[len(index), num_prompt_tokens]`` (fp32, CPU) of this rank's heads,
-    or the reason there are none."""
+    """This rank's heads' rows (fp32, CPU), head first: ``[len(index), num_prompt_tokens]`` mean
+    attention rows of a query span, or ``[len(index), G, N]`` decode-time span mass; or the
+    reason there are none."""
 
     index: list[int]
     rows: torch.Tensor
     error: str | None = None
 
 
+class _SelectedHeads:
+    """What both captures share: the selected query heads of a layer as a device index, the
+    deferred KV self-check, and the missing-layer check of a step. Subclasses are dataclasses
+    with ``layers``, ``error``, ``_step_layers``, ``_key_mismatch`` and ``_q_index``."""
+
+    def _heads_on(self, layer: int, device: torch.device) -> torch.Tensor:
+        key = (layer, device)
+        if key not in self._q_index:      # built once per request and device, not per step
+            self._q_index[key] = torch.tensor(self.layers[layer].q_heads, device=device)
+        return self._q_index[key]
+
+    def check_keys(self, read: torch.Tensor, written: torch.Tensor) -> None:
+        """Record whether keys read back through the engine's layout equal the keys it wrote
+        this step; evaluated once, in ``result`` (no host sync here)."""
+        bad = (read != written.to(read.dtype)).any()
+        self._key_mismatch = bad if self._key_mismatch is None else self._key_mismatch | bad
+
+    def _check_step_layers(self, what: str) -> None:
+        missing = sorted(set(self.layers) - self._step_layers)
+        if missing and self.error is None:
+            self.error = (f"layers {missing} hold requested heads but were not captured in the "
+                          f"step that computed {what} (a layer this engine skips, names "
+                          "differently or runs on another pipeline stage)")
+
+    def _final_error(self) -> str | None:
+        if self.error is None and self._key_mismatch is not None and bool(self._key_mismatch):
+            self.error = ("KV-cache self-check failed: keys read back from the paged cache differ "
+                          "from the keys the layer wrote; this engine's KV layout is not "
+                          "supported by qrhead-vllm")
+        return self.error
+
+    @property
+    def index(self) -> list[int]:
+        """Each result row's position in the request's ordered head list (layer order)."""
+        return [i for heads in self.layers.values() for i in heads.index]
+
+
 @dataclass
-class SpanCapture:
+class SpanCapture(_SelectedHeads):
     """Query-span attention rows of one request, accumulated layer by layer, step by step."""
 
     span_start: int
@@ -102,11 +143,7 @@ class SpanCapture:
 
     def end_step(self) -> bool:
         """Close the step; True when it held the last prompt token (the result is ready)."""
-        missing = sorted(set(self.layers) - self._step_layers)
-        if missing and self.error is None:
-            self.error = (f"layers {missing} hold requested heads but were not captured in the "
-                          "step that computed the query span (a layer this engine skips, names "
-                          "differently or runs on another pipeline stage)")
+        self._check_step_layers("the query span")
         first, n = self._step
         self._step = None
         return first + n >= self.num_prompt_tokens
@@ -136,30 +173,132 @@ class SpanCapture:
         acc[:, key_offset:key_offset + rows.shape[1]] += rows
         self._step_layers.add(layer)
 
-    def check_keys(self, read: torch.Tensor, written: torch.Tensor) -> None:
-        """Record whether keys read back through the engine's layout equal the keys it wrote
-        this step; evaluated once, in :meth:`result` (no host sync here)."""
-        bad = (read != written.to(read.dtype)).any()
-        self._key_mismatch = bad if self._key_mismatch is None else self._key_mismatch | bad
-
-    def _heads_on(self, layer: int, device: torch.device) -> torch.Tensor:
-        key = (layer, device)
-        if key not in self._q_index:      # built once per request and device, not per step
-            self._q_index[key] = torch.tensor(self.layers[layer].q_heads, device=device)
-        return self._q_index[key]
-
     # --- result -----------------------------------------------------------------------------
     def result(self) -> CaptureResult:
         """Rows divided by the span length, in layer order, on the CPU (one copy)."""
-        index = [i for heads in self.layers.values() for i in heads.index]
-        if self.error is None and self._key_mismatch is not None and bool(self._key_mismatch):
-            self.error = ("KV-cache self-check failed: keys read back from the paged cache differ "
-                          "from the keys the layer wrote; this engine's KV layout is not "
-                          "supported by qrhead-vllm")
-        if self.error is not None:
+        index = self.index
+        if self._final_error() is not None:
             return CaptureResult(index, torch.zeros(0, 0), self.error)
         if any(layer not in self.rows for layer in self.layers):
             return CaptureResult(index, torch.zeros(0, 0), "the query span was never captured")
         n_q = self.num_prompt_tokens - self.span_start
         rows = torch.cat([self.rows[layer] for layer in self.layers]) / n_q
         return CaptureResult(index, rows.cpu())
+
+
+@dataclass
+class DecodeCapture(_SelectedHeads):
+    """Decode-time attention of one request: per generated token, each selected head's
+    attention mass on each document span, ``[h, G, N]`` (docs/method.md, "Decode-time
+    attention").
+
+    Row ``r`` is the query at position ``first_pos + r``, ``first_pos`` being the prompt's last
+    token (P - 1): row 0 is the prefill row that emits generated token 0, row ``r >= 1`` the
+    query of generated token ``r - 1`` fed back at decode step ``r``, the step that emits token
+    ``r``. So G emitted tokens have G rows; the last emitted token is never fed. Each row is
+    the causal softmax over every cached key (fp32), summed over each span: never normalised
+    over the spans. A step that recomputes positions (preemption, rejected draft tokens)
+    overwrites their rows; rows past the newest step are dropped.
+    """
+
+    first_pos: int
+    layers: dict[int, LayerHeads]
+    spans: tuple[tuple[int, int], ...]
+    num_prompt_tokens: int
+    rows: torch.Tensor | None = None              # [h, capacity, N] on the engine's device
+    count: int = 0                                # rows first_pos..first_pos+count-1 written
+    error: str | None = None
+    _step: tuple[int, int] | None = None          # (first position, tokens) of the open step
+    _step_layers: set[int] = field(default_factory=set)
+    _key_mismatch: torch.Tensor | None = None
+    _q_index: dict[tuple[int, torch.device], torch.Tensor] = field(default_factory=dict)
+    _span_matrix: dict[torch.device, torch.Tensor] = field(default_factory=dict)
+    _cols: dict[int, int] = field(default_factory=dict)   # layer -> its first row of `rows`
+
+    def __post_init__(self):
+        col = 0
+        for layer, heads in self.layers.items():
+            self._cols[layer] = col
+            col += len(heads.index)
+
+    # --- step boundaries --------------------------------------------------------------------
+    def begin_step(self, first_pos: int, num_tokens: int) -> bool:
+        """Open a step computing positions ``[first_pos, first_pos + num_tokens)``; False when
+        it holds no position from the prompt's last token on."""
+        end = first_pos + num_tokens
+        lo = max(first_pos, self.first_pos)
+        if end <= lo:
+            return False
+        if lo > self.first_pos + self.count and self.error is None:
+            self.error = (f"decode positions {self.first_pos + self.count}..{lo - 1} were never "
+                          "captured (steps ran without the attention hook: a replayed graph?)")
+        self._step, self._step_layers = (first_pos, num_tokens), set()
+        self.count = end - self.first_pos
+        return True
+
+    @property
+    def step_end(self) -> int:
+        """One past the last position of the open step (the cached sequence length)."""
+        first, n = self._step
+        return first + n
+
+    def span_slice(self) -> tuple[int, int]:
+        """``(offset, count)`` of this step's captured rows within the request's tokens of the
+        step (as :meth:`SpanCapture.span_slice`)."""
+        first, n = self._step
+        lo = max(first, self.first_pos)
+        return lo - first, first + n - lo
+
+    def end_step(self) -> None:
+        self._check_step_layers("a decode step")
+        self._step = None
+
+    # --- per layer --------------------------------------------------------------------------
+    def add_layer(self, layer: int, query: torch.Tensor, keys: torch.Tensor, scale: float,
+                  sliding_window: int | None = None, key_offset: int = 0) -> None:
+        """Add one layer's span mass for this step's rows.
+
+        Args:
+            query: ``[n, H_local, D]`` post-RoPE queries of this step's rows (every local head).
+            keys: ``[H_kv_local, S, D]`` keys of positions ``key_offset..``, covering every
+                position a row can see.
+        """
+        heads = self.layers[layer]
+        offset, n = self.span_slice()
+        lo = self._step[0] + offset
+        device = keys.device
+        positions = torch.arange(lo, lo + n, device=device)
+        mass = span_mass_rows(query.index_select(1, self._heads_on(layer, query.device)), keys,
+                              positions, heads.kv_heads, scale, self._spans_on(device),
+                              sliding_window, key_offset)                   # [n, h, N]
+        self._reserve(device)
+        col, r = self._cols[layer], lo - self.first_pos
+        self.rows[col:col + len(heads.index), r:r + n] = mass.transpose(0, 1)
+        self._step_layers.add(layer)
+
+    def _spans_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._span_matrix:   # built once per request and device
+            self._span_matrix[device] = span_matrix(self.spans, self.num_prompt_tokens, device)
+        return self._span_matrix[device]
+
+    def _reserve(self, device: torch.device) -> None:
+        """Room for ``count`` rows, doubling (a copy every doubling, not every step)."""
+        have = 0 if self.rows is None else self.rows.shape[1]
+        if have >= self.count:
+            return
+        grown = torch.zeros(sum(len(h.index) for h in self.layers.values()),
+                            max(2 * have, self.count, 32), len(self.spans),
+                            dtype=torch.float32, device=device)
+        if self.rows is not None:
+            grown[:, :have] = self.rows
+        self.rows = grown
+
+    # --- result -----------------------------------------------------------------------------
+    def result(self) -> CaptureResult:
+        """``[h, count, N]`` rows in layer order, on the CPU (one copy)."""
+        if self._final_error() is not None:
+            return CaptureResult(self.index, torch.zeros(0, 0, 0), self.error)
+        if self.count == 0 or self.rows is None:
+            return CaptureResult(self.index, torch.zeros(0, 0, 0),
+                                 "no decode-time row was captured")
+        return CaptureResult(self.index, self.rows[:, :self.count].cpu())

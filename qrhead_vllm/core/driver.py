@@ -11,7 +11,10 @@ forward step the adapter tells the driver
   :class:`LayerInput` (queries, the keys it wrote, the paged key cache as
   ``[num_blocks, block_size, H_kv, D]``, the block table, scale, sliding window);
 * when the step ends; the driver then returns the requests whose last prompt token it held,
-  and the adapter delivers their results its own way.
+  and the adapter delivers their results its own way;
+* when requests end (:meth:`CaptureDriver.finish`): those with decode-time capture
+  (``spec.doc_spans``) stay in the table through their decode steps and are returned then, for
+  their per-token span mass to be delivered; the others left the table with their prefill.
 
 The driver owns the request table, the validation of a request against the model (one set of
 rules for every engine), the per-layer loop, the paged key gather, the once-per-step key
@@ -29,7 +32,7 @@ from typing import Any, Iterable, Protocol
 import torch
 
 from qrhead_vllm.core.attention import gather_paged_keys
-from qrhead_vllm.core.capture import CaptureResult, SpanCapture, layer_heads
+from qrhead_vllm.core.capture import CaptureResult, DecodeCapture, SpanCapture, layer_heads
 from qrhead_vllm.core.heads import Head, beyond_last_layer
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ class CaptureSpec(Protocol):
 
     span_start: int                 # first prompt token of the query span (runs to the end)
     heads: tuple[Head, ...]         # global (layer, query head)
+    doc_spans: tuple[tuple[int, int], ...]   # decode-time capture over these spans; () = off
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ def spec_error(spec: CaptureSpec, num_prompt_tokens: int, shape: ModelShape) -> 
     if bad or not spec.heads:
         return (f"heads {bad or '[]'} do not exist in this model ({shape.num_layers} layers "
                 f"x {shape.num_heads} heads)")
+    bad_spans = [s for s in spec.doc_spans if not 0 <= s[0] < s[1] <= num_prompt_tokens]
+    if bad_spans:
+        return (f"doc_spans {bad_spans[:3]} are not non-empty [start, end) ranges inside the "
+                f"prompt ({num_prompt_tokens} tokens)")
     beyond = beyond_last_layer(spec.heads, shape.last_layer)
     if beyond is not None:
         return beyond
@@ -88,9 +96,24 @@ class Tracked:
     handle: Any = None                # whatever the adapter needs to deliver the result
     seconds: float = 0.0              # host time spent capturing (a metric, not a measurement)
     checked_step: bool = False        # the key self-check runs on the first layer of a step
+    decode: DecodeCapture | None = None   # decode-time capture, when the spec asks for it
+    prefill_done: bool = False        # the prefill result was handed out
 
     def result(self) -> CaptureResult:
         return self.capture.result()
+
+    def decode_result(self) -> CaptureResult:
+        return self.decode.result()
+
+    @property
+    def decode_ready(self) -> bool:
+        """Whether a decode-time result is due (it captures while decoding, past its prefill)."""
+        return self.decode is not None and self.prefill_done
+
+    @property
+    def key(self) -> str:
+        """What its results are kept under: the spec's key, else the engine's request id."""
+        return (self.spec.key if self.spec is not None else None) or self.request_id
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,8 @@ class LayerInput:
 class _Planned:
     row: StepRow
     req: Tracked
+    prefill: bool      # the step computes query-span rows
+    decode: bool       # the step computes decode-time rows
 
 
 @dataclass
@@ -143,13 +168,24 @@ class CaptureDriver:
                                               shape.tp_size, shape.rank)
         capture = SpanCapture(spec.span_start if spec else 0, num_prompt_tokens, layers)
         capture.error = error
-        tracked = self.requests[request_id] = Tracked(request_id, spec, capture, handle)
+        decode = None
+        if spec is not None and spec.doc_spans:
+            decode = DecodeCapture(num_prompt_tokens - 1, layers, tuple(spec.doc_spans),
+                                   num_prompt_tokens, error=error)
+        tracked = self.requests[request_id] = Tracked(request_id, spec, capture, handle,
+                                                      decode=decode)
         return tracked
 
     def forget(self, request_ids: Iterable[str]) -> None:
         """Drop requests that ended (finished or aborted) before their last prompt token."""
         for request_id in request_ids:
             self.requests.pop(request_id, None)
+
+    def finish(self, request_ids: Iterable[str]) -> list[Tracked]:
+        """Take requests that ended (finished or aborted: engines do not tell which) out of
+        the table; returns them (:attr:`Tracked.decode_ready`: a result to deliver)."""
+        ended = (self.requests.pop(r, None) for r in request_ids)
+        return [t for t in ended if t is not None]
 
     # --- step boundaries --------------------------------------------------------------------
     def begin_step(self, rows: Iterable[StepRow]) -> None:
@@ -159,14 +195,24 @@ class CaptureDriver:
             req = self.requests.get(row.request_id)
             if req is None:
                 continue
-            cap = req.capture
-            if cap.error is not None:       # nothing to capture: report at its last token
-                if row.first_pos + row.num_tokens >= cap.num_prompt_tokens:
-                    self._ending.append(req)
-            elif cap.begin_step(row.first_pos, row.num_tokens):
+            prefill = not req.prefill_done and self._prefill_step(req, row)
+            dec = req.decode
+            decode = (dec is not None and dec.error is None
+                      and dec.begin_step(row.first_pos, row.num_tokens))
+            if prefill or decode:
                 req.checked_step = False
-                plan.append(_Planned(row, req))
+                plan.append(_Planned(row, req, prefill, decode))
         self._plan = plan
+
+    def _prefill_step(self, req: Tracked, row: StepRow) -> bool:
+        """Whether this step computes query-span rows of ``req`` (a failed request is reported
+        at its last prompt token instead)."""
+        cap = req.capture
+        if cap.error is None:
+            return cap.begin_step(row.first_pos, row.num_tokens)
+        if row.first_pos + row.num_tokens >= cap.num_prompt_tokens:
+            self._ending.append(req)
+        return False
 
     @property
     def capturing(self) -> bool:
@@ -174,38 +220,50 @@ class CaptureDriver:
         return bool(self._plan)
 
     def end_step(self) -> list[Tracked]:
-        """Close the step; the requests it finished, removed from the table."""
+        """Close the step; the requests whose prefill result it finished. They leave the table,
+        unless they capture while decoding too (until :meth:`finish`)."""
         plan, self._plan = self._plan or [], None
-        done = [p.req for p in plan if p.req.capture.end_step()] + self._ending
+        for p in plan:
+            if p.decode:
+                p.req.decode.end_step()
+        done = [p.req for p in plan if p.prefill and p.req.capture.end_step()] + self._ending
         self._ending = []
-        self.forget(req.request_id for req in done)
+        for req in done:
+            req.prefill_done = True
+        self.forget(req.request_id for req in done if req.decode is None)
         return done
 
     # --- per layer --------------------------------------------------------------------------
     def on_layer(self, inp: LayerInput) -> None:
         """Add this step's query-span rows of every request that reads ``inp.layer``."""
         for p in self._plan or ():
-            cap = p.req.capture
-            if inp.layer not in cap.layers or cap.error is not None:
+            parts = [cap for cap, on in ((p.req.capture, p.prefill), (p.req.decode, p.decode))
+                     if on and cap.error is None and inp.layer in cap.layers]
+            if not parts:
                 continue
             start = time.perf_counter()
+            row = p.row
+            hi = row.first_pos + row.num_tokens      # tokens of the sequence in the cache
             try:
-                self._capture(p, inp)
+                keys = gather_paged_keys(inp.key_cache, inp.block_table[row.table_row], hi)
+                for cap in parts:
+                    self._capture(p, cap, inp, keys)
             except Exception as e:  # never crash the engine for one request
                 logger.exception("qrhead capture failed on layer %s", inp.layer)
-                cap.error = f"{type(e).__name__}: {e}"
+                for cap in parts:
+                    cap.error = cap.error or f"{type(e).__name__}: {e}"
             p.req.seconds += time.perf_counter() - start
 
-    def _capture(self, p: _Planned, inp: LayerInput) -> None:
-        cap = p.req.capture
+    def _capture(self, p: _Planned, cap: SpanCapture | DecodeCapture, inp: LayerInput,
+                 keys: torch.Tensor) -> None:
+        row = p.row
         offset, count = cap.span_slice()
-        first = p.row.token_offset + offset          # span rows in the flattened step
-        hi = cap.step_end                            # tokens of the sequence in the cache
-        keys = gather_paged_keys(inp.key_cache, inp.block_table[p.row.table_row], hi)
+        first = row.token_offset + offset            # its rows in the flattened step
+        lo = row.first_pos + offset                  # their first position
         if not p.req.checked_step and inp.key is not None:
-            # The span rows' keys read back through the cache layout must be the keys the
-            # layer just wrote (evaluated once the request finishes: no host sync here).
-            cap.check_keys(keys[:, hi - count:hi].transpose(0, 1), inp.key[first:first + count])
+            # The rows' keys read back through the cache layout must be the keys the layer
+            # just wrote (evaluated once the request finishes: no host sync here).
+            cap.check_keys(keys[:, lo:lo + count].transpose(0, 1), inp.key[first:first + count])
             p.req.checked_step = True
         cap.add_layer(inp.layer, inp.query[first:first + count], keys, inp.scale,
                       inp.sliding_window)

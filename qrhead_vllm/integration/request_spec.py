@@ -4,16 +4,21 @@ Spec, one JSON string under the ``"qrhead"`` key of the engine's per-request fre
 (vLLM: ``SamplingParams.extra_args``; SGLang: ``SamplingParams.custom_params``, whose msgpack
 IPC only carries scalars, flat lists and flat dicts)::
 
-    {"span_start": 1401, "heads": [[13, 4], [14, 0], ...], "key": "<uuid>"}
+    {"span_start": 1401, "heads": [[13, 4], [14, 0], ...], "key": "<uuid>",
+     "doc_spans": [12, 140, 143, 301, ...]}
 
 ``span_start`` is the first token of the query span, which runs to the end of the prompt;
 ``heads`` are global (layer, query head); ``key`` names a result the client pulls later (vLLM,
 which may rewrite request ids); it is absent where the result travels with the request's own
-output (SGLang).
+output (SGLang). ``doc_spans`` (optional; vLLM only) turns on decode-time capture: the
+documents' half-open token ranges ``[a0, b0), [a1, b1), ...`` flattened to ``a0, b0, a1, b1,
+...``; the per-token span mass of a generating request is kept under ``decode_key(key)``.
 
 Result, one JSON-safe payload per request (and per tensor-parallel rank)::
 
     {"index": [...], "shape": [h, T], "rows": "<base64 fp32>", "error": null, "capture_s": 0.01}
+
+(a decode-time result: ``"shape": [h, G, N]``, see ``core.capture.DecodeCapture``).
 
 Rows are the raw fp32 bytes in base64 (exact), so the payload survives msgpack, pickle and
 HTTP JSON alike.
@@ -32,6 +37,12 @@ from qrhead_vllm.core.driver import Tracked
 from qrhead_vllm.errors import CaptureError
 
 NAMESPACE = "qrhead"   # the key of our spec in the engine's params (and of our results)
+DECODE_SUFFIX = "/decode"
+
+
+def decode_key(key: str) -> str:
+    """The key a request's decode-time result is kept under, beside its prefill result's."""
+    return key + DECODE_SUFFIX
 
 
 class MalformedSpec(ValueError):
@@ -43,6 +54,7 @@ class RequestSpec:
     span_start: int
     heads: tuple[tuple[int, int], ...]
     key: str | None = None
+    doc_spans: tuple[tuple[int, int], ...] = ()   # decode-time capture over these; () = off
 
     def as_params(self) -> dict[str, str]:
         """The entry to put in the engine's per-request params (``extra_args``...)."""
@@ -50,6 +62,8 @@ class RequestSpec:
                                "heads": [list(h) for h in self.heads]}
         if self.key is not None:
             raw["key"] = self.key
+        if self.doc_spans:
+            raw["doc_spans"] = [int(x) for span in self.doc_spans for x in span]
         return {NAMESPACE: json.dumps(raw)}
 
     @classmethod
@@ -65,9 +79,17 @@ class RequestSpec:
             raw = json.loads(params[NAMESPACE])
             key = raw.get("key")
             return cls(int(raw["span_start"]), tuple((int(l), int(h)) for l, h in raw["heads"]),
-                       None if key is None else str(key))
+                       None if key is None else str(key), _pairs(raw.get("doc_spans", ())))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise MalformedSpec(f"malformed qrhead spec: {type(e).__name__}: {e}") from None
+
+
+def _pairs(flat) -> tuple[tuple[int, int], ...]:
+    """``[a0, b0, a1, b1, ...]`` -> ``((a0, b0), (a1, b1), ...)``."""
+    flat = [int(x) for x in flat]
+    if len(flat) % 2:
+        raise ValueError(f"doc_spans has {len(flat)} numbers, not start/end pairs")
+    return tuple(zip(flat[::2], flat[1::2]))
 
 
 def read_spec(params: Mapping[str, Any] | None) -> tuple[RequestSpec | None, str | None]:
@@ -90,9 +112,10 @@ def prefix_hit_cap(params: Mapping[str, Any] | None) -> int | None:
     return None if spec is None else max(0, spec.span_start)
 
 
-def encode_result(tracked: Tracked) -> dict[str, Any]:
-    """A finished request's payload (copies its rows to the host once)."""
-    result = tracked.result()
+def encode_result(tracked: Tracked, decode: bool = False) -> dict[str, Any]:
+    """A request's prefill payload, or with ``decode`` its decode-time one (copies its rows to
+    the host once)."""
+    result = tracked.decode_result() if decode else tracked.result()
     rows = result.rows.detach().to("cpu", torch.float32).contiguous()
     return {"index": list(result.index), "shape": list(rows.shape),
             "rows": base64.b64encode(rows.numpy().tobytes()).decode("ascii"),
@@ -100,7 +123,7 @@ def encode_result(tracked: Tracked) -> dict[str, Any]:
 
 
 def result_rows(payload: Mapping[str, Any]) -> torch.Tensor:
-    """The ``[len(index), T]`` fp32 rows of a payload (in its ``index`` order)."""
+    """The ``[len(index), ...]`` fp32 rows of a payload (in its ``index`` order)."""
     data, shape = base64.b64decode(payload["rows"]), payload["shape"]
     if not data:  # torch.frombuffer refuses empty buffers
         return torch.zeros(shape)
@@ -109,7 +132,7 @@ def result_rows(payload: Mapping[str, Any]) -> torch.Tensor:
 
 def merge_results(payloads: Iterable[Mapping[str, Any] | None], num_heads: int,
                   missing: str) -> torch.Tensor:
-    """The ``[num_heads, T]`` rows of one request from its payloads (one per tensor-parallel
+    """The ``[num_heads, ...]`` rows of one request from its payloads (one per tensor-parallel
     rank that captured it; None where a rank or an output carried none), each rank's heads put
     back in the request's order.
 
@@ -125,7 +148,7 @@ def merge_results(payloads: Iterable[Mapping[str, Any] | None], num_heads: int,
             raise CaptureError(f"QRHead capture failed: {payload['error']}")
         rows = result_rows(payload)
         if out is None:
-            out = torch.zeros(num_heads, rows.shape[1])
+            out = torch.zeros(num_heads, *rows.shape[1:])
         out[payload["index"]] = rows
         index += payload["index"]
     if out is None or sorted(index) != list(range(num_heads)):

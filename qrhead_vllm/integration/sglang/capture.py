@@ -21,6 +21,11 @@ import weakref
 from qrhead_vllm.core.driver import CaptureDriver, LayerInput, ModelShape, StepRow
 from qrhead_vllm.integration.request_spec import NAMESPACE, encode_result, read_spec
 
+# A spec asking for decode-time capture fails its request with this (never empty numbers): the
+# hooks here run on extend batches only, decode batches are never captured.
+DECODE_REFUSAL = ("decode-time capture (spec doc_spans: citations while decoding) is not "
+                  "implemented on the SGLang engine; serve the model on vLLM for citations")
+
 
 class SGLangCapture:
     """The capture adapter of one SGLang scheduler process."""
@@ -56,6 +61,8 @@ class SGLangCapture:
         spec, error = read_spec(params)
         if spec is None and error is None:
             return False                               # an ordinary request
+        if spec is not None and spec.doc_spans:
+            error = error or DECODE_REFUSAL
         self.driver.admit(req.rid, spec, len(req.origin_input_ids), self.shape, error,
                           handle=weakref.ref(req))     # never keeps SGLang's Req alive
         return True

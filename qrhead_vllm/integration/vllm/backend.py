@@ -177,6 +177,18 @@ class AsyncVLLMBackend(_ModelInfo):
             final = out
         return key, (final.num_cached_tokens or 0) if final is not None else 0
 
+    def generate_scored(self, real: ScoringPrompt, params, heads, null: ScoringPrompt | None = None,
+                        decode: bool = False, request_id: str | None = None):
+        """One generating request that scores its documents from its own prefill and, with
+        ``decode``, records each generated token's attention on them: a
+        :class:`~qrhead_vllm.integration.vllm.generation.ScoredGeneration` to iterate.
+
+        Raises:
+            ValueError: SamplingParams it cannot capture (``n > 1``).
+        """
+        from qrhead_vllm.integration.vllm.generation import ScoredGeneration
+        return ScoredGeneration(self, real, params, heads, null, decode, request_id)
+
     def attention_mass(self, requests: Sequence[MassRequest]) -> list[MassResult]:
         raise RuntimeError("AsyncVLLMBackend is async: use attention_mass_async / rank_async")
 

@@ -9,6 +9,13 @@ spec in ``SamplingParams.extra_args``, the layer index vLLM binds a KV cache by
 (``extract_layer_index``), the block table of the attention metadata, the key view its start-up
 probe verified, and the results, kept under the spec's key until a client pops them
 (LRU-bounded). Everything else is :class:`~qrhead_vllm.core.driver.CaptureDriver`'s.
+
+A generating request whose spec has ``doc_spans`` stays in the driver's table while it decodes;
+its decode-time result goes under ``decode_key(key)`` when the worker learns that it ended (the
+next step's ``finished_req_ids``), or is taken as it stands when a client pops that key first:
+a client pops once it has the request's final output, by then every step that emitted one of
+its tokens has run (a step after it, e.g. under async scheduling, only adds rows past the last
+token, which the client cuts off).
 """
 
 from __future__ import annotations
@@ -17,12 +24,13 @@ import weakref
 from collections import OrderedDict
 
 from qrhead_vllm.core.driver import CaptureDriver, LayerInput, ModelShape, StepRow
-from qrhead_vllm.integration.request_spec import encode_result, read_spec
+from qrhead_vllm.integration.request_spec import decode_key, encode_result, read_spec
 from qrhead_vllm.integration.vllm.kv_layout import KeyView, sliding_window_of
 from qrhead_vllm.integration.vllm.layer_cut import last_layer_of
 
 MAX_DONE = 4096  # finished results kept for clients that never pop (oldest dropped first)
 MAX_ABANDONED = 4096   # keys a client gave up on before their result existed (a few bytes each)
+MAX_SKIPPED = 65536    # request ids known to need nothing (re-checked, cheaply, once dropped)
 
 
 class VLLMCapture:
@@ -42,6 +50,10 @@ class VLLMCapture:
         self._runner = None
         self._planned = False
         self._scheduled: dict[str, int] = {}
+        # Running requests that need nothing from us (ordinary ones, scoring ones whose capture
+        # is over): each step skips them with one set lookup, without reading their params.
+        self._skipped: set[str] = set()
+        self._decoding: dict[str, str] = {}   # decode_key(spec key) -> request id, in the table
 
     def set_layers(self, runner, layers: dict[str, tuple[int, KeyView]]) -> None:
         """A model runner's attention layers (name -> vLLM's layer index and the key view its
@@ -62,31 +74,55 @@ class VLLMCapture:
 
     # --- step boundaries (the model-runner wrapper) -------------------------------------
     def begin_step(self, runner, scheduler_output) -> None:
-        self.driver.forget(scheduler_output.finished_req_ids)   # finished or aborted
+        ended = scheduler_output.finished_req_ids                # finished or aborted
+        if ended:
+            self._skipped.difference_update(ended)
+            for req in self.driver.finish(ended):
+                self._decoding.pop(decode_key(req.key), None)
+                if req.decode_ready:
+                    self._keep(decode_key(req.key), encode_result(req, decode=True))
         self._runner, self._planned = runner, False
         self._scheduled = scheduler_output.num_scheduled_tokens
 
     def end_step(self) -> None:
         for req in self.driver.end_step():
-            key = req.spec.key if req.spec is not None else req.request_id   # malformed spec
-            if key in self.abandoned:     # its client already gave up on it (see __init__)
-                del self.abandoned[key]
-                continue
-            self.done[key] = encode_result(req)
-            self.done.move_to_end(key)
-        _bound(self.done, MAX_DONE)
+            self._keep(req.key, encode_result(req))
+            if req.decode is None:
+                self._skip(req.request_id)
         self._runner = None
 
+    def _keep(self, key: str, payload: dict) -> None:
+        """Hold a result for its client, unless the client already gave up on it."""
+        if key in self.abandoned:         # its client already gave up on it (see __init__)
+            del self.abandoned[key]
+            return
+        self.done[key] = payload
+        self.done.move_to_end(key)
+        _bound(self.done, MAX_DONE)
+
+    def _skip(self, request_id: str) -> None:
+        if len(self._skipped) >= MAX_SKIPPED:   # ids whose end we never saw: start afresh
+            self._skipped.clear()
+        self._skipped.add(request_id)
+
     def pop(self, keys: list[str]) -> dict[str, dict]:
-        """The results of ``keys``; a key without one yet is remembered as abandoned, so its
-        result is dropped when it comes (a client pops only once its request ended)."""
+        """The results of ``keys``; a decode-time key of a request still in the table is
+        taken as it stands (its capture ends there); a key without a result yet is
+        remembered as abandoned, so its result is dropped when it comes (a client pops only
+        once its request ended)."""
         found = {k: self.done.pop(k) for k in keys if k in self.done}
+        for k in keys:
+            req = self.driver.requests.pop(self._decoding.pop(k, None), None)
+            if req is not None and k not in found:
+                found[k] = encode_result(req, decode=True)
+                self._skip(req.request_id)
         self.abandoned.update((k, None) for k in keys if k not in found)
         _bound(self.abandoned, MAX_ABANDONED)
         return found
 
     def stats(self) -> dict[str, int]:
-        """Scoring requests in the driver's table and results no client has taken yet."""
+        """Scoring requests in the driver's table (generating ones with decode-time capture
+        until they end) and results no client has taken yet."""
         return {"active": len(self.driver.requests), "done": len(self.done)}
 
     # --- per layer (the attention-backend wrapper) --------------------------------------
@@ -110,8 +146,12 @@ class VLLMCapture:
         batch, offset = self._runner.input_batch, 0
         for r, req_id in enumerate(batch.req_ids[: batch.num_reqs]):
             n = self._scheduled.get(req_id, 0)
-            if req_id in self.driver.requests or self._admit(req_id):
+            if req_id in self._skipped:
+                pass
+            elif req_id in self.driver.requests or self._admit(req_id):
                 yield StepRow(req_id, int(batch.num_computed_tokens_cpu[r]), n, offset, r)
+            else:
+                self._skip(req_id)
             offset += n
 
     def _admit(self, req_id: str) -> bool:
@@ -123,7 +163,9 @@ class VLLMCapture:
         _, shape = self._runners.get(self._runner, ({}, None))
         if shape is None:       # initialize_kv_cache never ran through our wrapper
             error = error or "this worker's attention layers were never verified by qrhead-vllm"
-        self.driver.admit(req_id, spec, state.num_prompt_tokens, shape, error)
+        tracked = self.driver.admit(req_id, spec, state.num_prompt_tokens, shape, error)
+        if tracked.decode is not None:
+            self._decoding[decode_key(tracked.key)] = req_id
         return True
 
 
