@@ -3,6 +3,8 @@ be seen to fail; then the 3-minute soak against the session's real app with --ch
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.serve.soak import parse_args, run
@@ -69,6 +71,24 @@ def test_no_sample_after_the_warm_up_fails():
 
 
 @pytest.mark.slow
+def test_every_window_carries_the_same_load_with_fresh_content():
+    from bench.serve.soak_mix import build_mix
+
+    period = 20.0
+    items = build_mix(0, "m", period=period)
+    first = [i for i in items if i.at < period]
+    second = [i for i in items if period <= i.at < 2 * period]
+
+    def load(window, offset):
+        return [(i.route, round(i.at - offset, 9), i.stream,
+                 len(json.loads(i.body).get("documents", json.loads(i.body).get("passages", [])))
+                 if i.expect == "200" else None) for i in window]
+
+    assert first and load(first, 0) == load(second, period)
+    assert [i.body for i in first if i.expect == "200"] != [i.body for i in second
+                                                              if i.expect == "200"]
+
+
 def test_three_minute_soak_holds_the_bounds(serve_app):
     # Engine processes may grow 10 %, not the bench's 5 %: vLLM's worker grows on its own
     # (plain vLLM, QRHEAD_ENABLED=0: +7.8 % in 4 min in bf16; this float32 app +3.3 % in 3 min,

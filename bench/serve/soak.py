@@ -8,7 +8,10 @@ process, Ray's object store use and the capture gauges.
 
 Mix (seed 0, bench/serve/soak_mix.py): reranks of 5 to 100 short HotpotQA passages, chats of
 16 tokens (unstreamed and streamed), ``/v1/answer`` over 5 to 10 passages, 5 % bad requests
-that must get a 4xx. ``--plain-vllm`` runs the same mix on vLLM's own OpenAI server with
+that must get a 4xx. Every window carries the same load: the routes, arrivals, passage counts
+and stream flags restart each window, while questions and passages are fresh draws (so a window
+is never served from an earlier one's prefix cache); so the windows' p99s compare.
+``--plain-vllm`` runs the same mix on vLLM's own OpenAI server with
 ``QRHEAD_ENABLED=0`` (the same engine arguments and thread binding as the app's engine): each
 rerank and answer becomes the completion of a prompt with the same passages (``max_tokens`` 1
 for a rerank), so the engine prefills about as much without our capture; a rerank's null pass
@@ -124,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args, url: str, model: str) -> dict:
     """The soak against a running app; its results, samples and the --check failures."""
-    items = build_mix(args.seed, model, plain=args.plain_vllm, data=args.data)
     rate = args.rate or DEFAULT_RATE
+    items = build_mix(args.seed, model, plain=args.plain_vllm, data=args.data,
+                      period=args.window_s * rate)
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     results, samples = asyncio.run(soak(
         url, items, rate, args.duration_s, args.sample_s, headers,

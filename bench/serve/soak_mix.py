@@ -44,19 +44,36 @@ def passages(data: str | Path | None) -> tuple[list[dict], list[str]]:
     return docs, [ex.query for ex in examples]
 
 
-def build_mix(seed: int, model: str, plain: bool = False,
-              data: str | Path | None = None) -> list[Item]:
+@dataclass
+class Draw:
+    """The two random streams of one request: ``shape`` (route, arrival, number of passages,
+    streamed or not) restarts every window, so every window carries the same load and their
+    p99s compare; ``content`` (question, which passages) never repeats, so no window is served
+    from the prefix cache of an earlier one."""
+
+    shape: random.Random
+    content: random.Random
+
+
+def build_mix(seed: int, model: str, plain: bool = False, data: str | Path | None = None,
+              period: float | None = None) -> list[Item]:
     """:data:`MIX_SIZE` requests drawn with ``seed`` (the same list on every run with that seed;
-    ``plain``: as plain vLLM serves them, see soak.py)."""
-    rng, (docs, questions) = random.Random(seed), passages(data)
+    ``plain``: as plain vLLM serves them, see soak.py). ``period`` (in mean gaps: window
+    seconds x rate) restarts the shape stream at each window boundary (:class:`Draw`)."""
+    (docs, questions), content = passages(data), random.Random(seed + 1)
     routes, weights = list(MIX), list(MIX.values())
-    items, at = [], 0.0
-    for i in range(MIX_SIZE):
-        at += rng.expovariate(1.0)
-        route = rng.choices(routes, weights)[0]
-        question = rng.choice(questions)
+    items, base, at, shape, n = [], 0.0, 0.0, random.Random(seed), 0
+    for _ in range(MIX_SIZE):
+        gap = shape.expovariate(1.0)
+        if period is not None and at + gap > period:    # the window is full: start the next
+            base, at, shape, n = base + period, 0.0, random.Random(seed), 0
+            gap = shape.expovariate(1.0)
+        at += gap
+        route = shape.choices(routes, weights)[0]
         make = PLAIN if plain else APP
-        items.append(make[route](rng, docs, question, model, i, at))
+        items.append(make[route](Draw(shape, content), docs, content.choice(questions), model,
+                                 n, base + at))
+        n += 1
     return items
 
 
@@ -64,27 +81,27 @@ def _json(route, path, body, at, stream=False, expect="200") -> Item:
     return Item(route, "POST", path, json.dumps(body).encode(), stream, expect, at)
 
 
-def _sample(rng, docs, sizes) -> list[dict]:
-    return rng.sample(docs, rng.choice(sizes))
+def _sample(draw: Draw, docs, sizes) -> list[dict]:
+    return draw.content.sample(docs, draw.shape.choice(sizes))
 
 
-def _rerank(rng, docs, q, model, i, at) -> Item:
-    chosen = _sample(rng, docs, RERANK_DOCS)
+def _rerank(draw, docs, q, model, i, at) -> Item:
+    chosen = _sample(draw, docs, RERANK_DOCS)
     return _json("rerank", "/v1/rerank", {"query": q, "documents": chosen, "top_n": 3,
                                           "return_documents": False}, at)
 
 
 def _chat(route: str):
-    def make(rng, docs, q, model, i, at) -> Item:
+    def make(draw, docs, q, model, i, at) -> Item:
         body = {"model": model, "messages": [{"role": "user", "content": q}],
                 "max_tokens": CHAT_TOKENS, "temperature": 0, "stream": route == "chat-stream"}
         return _json(route, "/v1/chat/completions", body, at, stream=route == "chat-stream")
     return make
 
 
-def _answer(rng, docs, q, model, i, at) -> Item:
-    chosen = _sample(rng, docs, ANSWER_DOCS)
-    stream = rng.random() < 0.5
+def _answer(draw, docs, q, model, i, at) -> Item:
+    chosen = _sample(draw, docs, ANSWER_DOCS)
+    stream = draw.shape.random() < 0.5
     body = {"question": q, "passages": chosen, "top_k": 3, "max_tokens": CHAT_TOKENS,
             "stream": stream}
     return _json("answer", "/v1/answer", body, at, stream)
@@ -97,7 +114,7 @@ BAD = [("/v1/rerank", b'{"query": "x", "documents": ['),                       #
            {"role": "user", "content": "hi"}]}).encode())]                       # unknown model
 
 
-def _bad(rng, docs, q, model, i, at) -> Item:
+def _bad(draw, docs, q, model, i, at) -> Item:
     path, body = BAD[i % len(BAD)]
     return Item("bad", "POST", path, body, False, "4xx", at)
 
@@ -110,21 +127,21 @@ def _as_prompt(chosen: list[dict], q: str) -> str:
     return "\n\n".join(f"{d['title']}: {d['text']}" for d in chosen) + f"\n\nQuestion: {q}"
 
 
-def _plain_rerank(rng, docs, q, model, i, at) -> Item:
-    chosen = _sample(rng, docs, RERANK_DOCS)
+def _plain_rerank(draw, docs, q, model, i, at) -> Item:
+    chosen = _sample(draw, docs, RERANK_DOCS)
     body = {"model": model, "prompt": _as_prompt(chosen, q), "max_tokens": 1, "temperature": 0}
     return _json("rerank", "/v1/completions", body, at)
 
 
-def _plain_answer(rng, docs, q, model, i, at) -> Item:
-    chosen = _sample(rng, docs, ANSWER_DOCS)
-    stream = rng.random() < 0.5
+def _plain_answer(draw, docs, q, model, i, at) -> Item:
+    chosen = _sample(draw, docs, ANSWER_DOCS)
+    stream = draw.shape.random() < 0.5
     body = {"model": model, "messages": [{"role": "user", "content": _as_prompt(chosen, q)}],
             "max_tokens": CHAT_TOKENS, "temperature": 0, "stream": stream}
     return _json("answer", "/v1/chat/completions", body, at, stream)
 
 
-def _plain_bad(rng, docs, q, model, i, at) -> Item:
+def _plain_bad(draw, docs, q, model, i, at) -> Item:
     path, body = BAD[i % len(BAD)]                     # vLLM's own routes
     path = "/v1/completions" if path != "/v1/chat/completions" else path
     return Item("bad", "POST", path, body, False, "4xx", at)
