@@ -18,6 +18,13 @@ DEFAULT_HEADS = {
     "qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b-hotpotqa",
 }
 
+# The shipped citation heads of each bundled model: found by the answer span (the gold answer's
+# tokens on the supporting paragraphs, docs/detection.md "Citation heads"), for attributing an
+# answer to its documents. Pass the name as heads= where citations are scored.
+CITATION_HEADS = {
+    "smollm2-135m": "smollm2-135m-hotpotqa-cite",
+}
+
 
 def config_dir() -> Path:
     """The shipped configs (package data ``qrhead_vllm.configs``), or QRHEAD_CONFIG_DIR."""

@@ -101,3 +101,16 @@ def test_answer_span_keys_its_checkpoints_by_the_answer(examples):
     docs = [[str(d.doc_id), d.title, d.text] for d in ex.documents]
     before = json.dumps([k, ex.qid, ex.query, docs, sorted(ex.gold_ids)], ensure_ascii=False)
     assert example_key(k, ex, []) == hashlib.sha256(before.encode()).hexdigest()[:24]
+
+
+def test_citation_heads_are_shipped_answer_span_sets_of_their_model():
+    from qrhead_vllm.head_registry import CITATION_HEADS, DEFAULT_HEADS, load_head_config
+
+    assert CITATION_HEADS and set(CITATION_HEADS) <= set(DEFAULT_HEADS)
+    for model, name in CITATION_HEADS.items():
+        cite, retrieval = load_head_config(name), load_head_config(DEFAULT_HEADS[model])
+        assert name.endswith("-cite") and cite.name == name
+        assert (cite.provenance.span, cite.provenance.source) == ("answer", "detected")
+        assert "split=detect" in cite.provenance.notes          # never the evaluation half
+        cite.check_model(retrieval.model)
+        assert cite.model.model_id == retrieval.model.model_id

@@ -7,8 +7,8 @@
 * ``qrhead`` — the QRHead/ICR JSON (an array, or JSONL of the same records)
   ``{idx, question, paragraphs: [{idx, title, paragraph_text, is_supporting}], gt_docs}``; gold is
   ``gt_docs`` when present, else the paragraphs with ``is_supporting`` true.
-* ``jsonl`` — plain ``{id?, query, documents: [str | {id?, title?, text}], gold: [ids]}``; string
-  documents get ids ``"0"``, ``"1"``, … by position.
+* ``jsonl`` — plain ``{id?, query, documents: [str | {id?, title?, text}], gold: [ids],
+  answer?}``; string documents get ids ``"0"``, ``"1"``, … by position.
 
 Nothing is skipped silently; ids are normalised to strings.
 """
@@ -171,7 +171,8 @@ def parse_plain(rec: dict, where: str, default_qid: str) -> Example:
             for i, d in enumerate(raw)]
     gold = field(rec, "gold", list, where, nonempty=False)
     return make_example(str(qid) if qid is not None else default_qid,
-                        field(rec, "query", str, where), docs, gold, where, "gold")
+                        field(rec, "query", str, where), docs, gold, where, "gold",
+                        answer=field(rec, "answer", str, where, required=False, nonempty=False))
 
 
 def guess_record_format(path: Path) -> str:

@@ -26,25 +26,32 @@ class Span:
     """How one span kind builds an example's scoring request."""
 
     prepare: Callable[[Any, Example], tuple[list, MassRequest]]   # (ranker, example)
-    key_parts: Callable[[Example], list]   # example content beyond question/docs/gold it reads
+    # The example's content beyond question/documents/gold that the span reads (checkpoint
+    # keys); the driver calls it on every example before any actor starts, so it validates.
+    key_parts: Callable[[Example], list]
 
 
 def _question(ranker, ex: Example) -> tuple[list, MassRequest]:
     return ranker.prepare(ex.query, list(ex.documents))
 
 
-def _answer(ranker, ex: Example) -> tuple[list, MassRequest]:
+def _gold_answer(ex: Example) -> str:
     if ex.answer is None:
         raise DataError(f"example {ex.qid!r} has no 'answer': span='answer' needs the gold "
                         "answer of every example (HotpotQA and MuSiQue records carry one)")
+    return ex.answer
+
+
+def _answer(ranker, ex: Example) -> tuple[list, MassRequest]:
+    answer = _gold_answer(ex)
     docs, _ = ranker.prepare(ex.query, list(ex.documents))      # validation, context check
     passages = [Passage(truncate_words(d.text, ranker.max_words), d.title) for d in docs]
     real, null = build_answer_prompts(ranker.backend.tokenizer, ranker.template, ex.query,
-                                      passages, ex.answer, ranker.null_query)
+                                      passages, answer, ranker.null_query)
     return docs, MassRequest(real, null if ranker.calibrate else None, ranker.head_pairs)
 
 
 SPANS: dict[str, Span] = {
     "question": Span(_question, lambda ex: []),
-    "answer": Span(_answer, lambda ex: [ex.answer]),
+    "answer": Span(_answer, lambda ex: [_gold_answer(ex)]),   # the driver checks every one
 }
