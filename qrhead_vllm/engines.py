@@ -26,10 +26,7 @@ class EngineSpec:
 
     name: str
     backend: str                         # "module:Class" of its ScoringBackend
-    extra: str                           # the pip extra that installs it ("" = always there)
-    venv: str = ".venv"                  # the checkout's venv that has it
     server: str | None = None            # "module:Class" of its Ray Serve server (None: no Serve)
-    plugin: str | None = None            # the entry point the engine loads in its processes
     generates: bool = False              # its Serve server also bridges the OpenAI routes
     score_only: bool = False             # it can start a score-only (layer-cut) engine
     gpu_kwargs: dict[str, Any] = field(default_factory=dict)  # backend defaults given a GPU
@@ -65,14 +62,12 @@ _SGLANG_ARGS = {"max_model_len": "context_length", "tensor_parallel_size": "tp_s
 
 ENGINES: dict[str, EngineSpec] = {s.name: s for s in (
     EngineSpec("transformers", "qrhead_vllm.backends.transformers_backend:TransformersBackend",
-               extra="", gpu_kwargs={"device": "cuda"}),
-    EngineSpec("vllm", "qrhead_vllm.integration.vllm.backend:VLLMBackend", extra="cpu",
-               server="qrhead_vllm.serve.vllm_server:VLLMServer",
-               plugin="qrhead_vllm.plugin:register", generates=True, score_only=True,
-               arg_names=_VLLM_ARGS),
-    EngineSpec("sglang", "qrhead_vllm.integration.sglang.backend:SGLangBackend", extra="sglang",
-               venv=".venv-sglang", server="qrhead_vllm.serve.sglang_server:SGLangServer",
-               plugin="qrhead_vllm.plugin_sglang:register", arg_names=_SGLANG_ARGS),
+               gpu_kwargs={"device": "cuda"}),
+    EngineSpec("vllm", "qrhead_vllm.integration.vllm.backend:VLLMBackend",
+               server="qrhead_vllm.serve.vllm_server:VLLMServer", generates=True,
+               score_only=True, arg_names=_VLLM_ARGS),
+    EngineSpec("sglang", "qrhead_vllm.integration.sglang.backend:SGLangBackend",
+               server="qrhead_vllm.serve.sglang_server:SGLangServer", arg_names=_SGLANG_ARGS),
 )}
 
 ENGINE_NAMES: tuple[str, ...] = tuple(ENGINES)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -340,6 +340,3 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-EngineRole = Literal["generator", "retriever"]
