@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from qrhead_vllm.commands import detect as detect_cmd
-from qrhead_vllm.datasets import Example
+from qrhead_vllm.datasets import DataError, Example, load_examples
 from qrhead_vllm.detect.checkpoint import Checkpoint
 from qrhead_vllm.detect.config import DetectConfig
-from qrhead_vllm.detect import DetectInputError, load_examples
 from qrhead_vllm.detect.job import select_examples
 from qrhead_vllm.detect.recipes import gold_mass, rank_heads, reduce_scores, top_overlap
 from qrhead_vllm.results import Document
@@ -78,7 +77,7 @@ def test_beir_directory_with_tsv_and_trec_candidates(tmp_path):
 ])
 def test_malformed_records_name_line_and_field(tmp_path, record, needle):
     p = write_jsonl(tmp_path / "h.jsonl", [HOTPOT, record])
-    with pytest.raises(DetectInputError) as e:
+    with pytest.raises(DataError) as e:
         load_examples(p, "hotpotqa")
     assert f"{p}{needle}" in str(e.value) or needle in str(e.value)
     assert str(p) in str(e.value)
@@ -87,12 +86,12 @@ def test_malformed_records_name_line_and_field(tmp_path, record, needle):
 def test_invalid_json_and_missing_gold_are_errors(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text(json.dumps(HOTPOT) + "\n{not json\n")
-    with pytest.raises(DetectInputError, match=r"bad.jsonl:2: invalid JSON"):
+    with pytest.raises(DataError, match=r"bad.jsonl:2: invalid JSON"):
         load_examples(p)
     q = tmp_path / "q.json"
     q.write_text(json.dumps([{"idx": 1, "question": "x", "paragraphs": [
         {"idx": 0, "paragraph_text": "a"}]}]))
-    with pytest.raises(DetectInputError, match=r"record 1: no gold documents.*gt_docs"):
+    with pytest.raises(DataError, match=r"record 1: no gold documents.*gt_docs"):
         load_examples(q)
 
 
@@ -102,11 +101,11 @@ def test_beir_errors_name_the_line(tmp_path):
     (tmp_path / "qrels").mkdir()
     (tmp_path / "qrels" / "test.tsv").write_text("q1\tc0\tone\n")
     (tmp_path / "candidates.tsv").write_text("q1\tc0\n")
-    with pytest.raises(DetectInputError, match=r"test.tsv:1: column 'score'"):
+    with pytest.raises(DataError, match=r"test.tsv:1: column 'score'"):
         load_examples(tmp_path)
     (tmp_path / "qrels" / "test.tsv").write_text("q1\tc0\t1\n")
     (tmp_path / "candidates.tsv").write_text("q1\tc0\nq1\tc5\n")
-    with pytest.raises(DetectInputError, match=r"corpus ids \['c5'\]"):
+    with pytest.raises(DataError, match=r"corpus ids \['c5'\]"):
         load_examples(tmp_path)
 
 

@@ -12,7 +12,7 @@ Ray, ranx and matplotlib are imported only when a job runs.
 
 from qrhead_vllm.detect.config import DetectConfig
 
-__all__ = ["DetectConfig", "detect_heads", "run_detection", "load_examples", "DetectInputError"]
+__all__ = ["DetectConfig", "detect_heads", "run_detection"]
 
 
 def __getattr__(name):
@@ -20,10 +20,4 @@ def __getattr__(name):
     if name in ("detect_heads", "run_detection"):
         from qrhead_vllm.detect import api
         return getattr(api, name)
-    if name == "load_examples":
-        from qrhead_vllm.datasets import load_examples
-        return load_examples
-    if name == "DetectInputError":      # the detection job's name for a malformed input
-        from qrhead_vllm.datasets import DataError
-        return DataError
     raise AttributeError(name)

@@ -17,8 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qrhead_vllm import envs
 from qrhead_vllm.core.prompt import NULL_QUERY
-
-from qrhead_vllm.datasets import FORMATS  # noqa: F401  (re-exported)
 from qrhead_vllm.engines import DEFAULT_ENGINE, EngineName
 from qrhead_vllm.heads import SpanName
 
