@@ -15,9 +15,31 @@ from bench.quality.citation_run import DATA, features_of, load_mass
 from bench.quality.citations_baselines import TrainingExample, at2_scores, train_at2
 from bench.report import git_commit, machine, now
 from qrhead_vllm.core.citations import DEFAULT_RULE, CitationRule, cite
+from qrhead_vllm.errors import HeadConfigError
 from qrhead_vllm.head_registry import CITATION_HEADS, DEFAULT_HEADS, load_head_config
 
 DECODE_ONLY = CitationRule(short_tokens=0)
+NOTES = """\
+How to read it:
+
+* **Cited set.** Attention rows cite by `qrhead_vllm/core/citations.cite` (per answer sentence:
+  the smallest top set of documents holding half of the sentence's mass, at most 3, each above
+  the uniform share; the answer cites the union over its sentences). *Decode only*: the decode
+  mass alone. *Blended*: a sentence of fewer than 8 tokens mixes its decode shares with the
+  prefill scores' shares (weight tokens/8 on decode), the documented rule for short answers.
+  Rows that only score documents (c-f) cite their top 2 (the gold sets hold 2 to 4).
+* **recall@2** ranks the documents by the method's scores (attention rows: the mass summed over
+  the answer's tokens and the head set's heads).
+* **Forward passes / answer**, beyond generating the answer. Attention rows: 1 here, the port's
+  teacher-forced pass over prompt + answer, which captures every head at once (so (a), (a'),
+  (b) and (f) share it and its seconds); the engine captures the same rows while it generates,
+  with no extra pass. (c): the prompt's prefill and the null-query suffix on the cached
+  documents (in one-pass chat the prefill is the generation's own, the suffix the only extra).
+  (d): none. (e): one pass per ablation (documents dropped from the prompt), then a LASSO fit.
+  (f): AT2 weights the attention of every head from the same pass as (b); its training cost,
+  once per model, is below.
+* Generation is common to every row and reported once per data set.
+"""
 CITE_K = 2          # rows that only rank documents cite their top 2 (the gold sets hold 2-4)
 
 
@@ -58,15 +80,22 @@ def ranking_row(key: str, passes: Callable[[dict], float], seconds: str) -> Call
     return row
 
 
+def citation_heads(model: str, num_heads: int) -> tuple[str, torch.Tensor | None]:
+    """The model's shipped citation heads, or None (the row is pending) when it has none yet."""
+    name = CITATION_HEADS.get(model)
+    if name is None:
+        return "(a') citation heads (none shipped yet)", None
+    try:
+        return f"(a') citation heads {name}", head_index(load_head_config(name).pairs, num_heads)
+    except HeadConfigError:
+        return f"(a') citation heads ({name}: not found)", None
+
+
 def head_sets(model: str, num_heads: int, num_layers: int) -> list[tuple[str, object]]:
-    cite_name = CITATION_HEADS.get(model)
-    sets = [("(a) retrieval heads " + DEFAULT_HEADS[model],
-             head_index(load_head_config(DEFAULT_HEADS[model]).pairs, num_heads))]
-    sets.append(("(a') citation heads " + cite_name,
-                 head_index(load_head_config(cite_name).pairs, num_heads)) if cite_name
-                else ("(a') citation heads", None))
-    sets.append(("(b) all heads", torch.arange(num_layers * num_heads)))
-    return sets
+    return [("(a) retrieval heads " + DEFAULT_HEADS[model],
+             head_index(load_head_config(DEFAULT_HEADS[model]).pairs, num_heads)),
+            citation_heads(model, num_heads),
+            ("(b) all heads", torch.arange(num_layers * num_heads))]
 
 
 def all_rows(model: str, facts: tuple[int, int], at2_weights) -> list[tuple[str, Callable]]:
@@ -127,7 +156,7 @@ def train_weights(results: Path, model: str, facts: tuple[int, int]):
     examples, used = [], {}
     for dataset in DATA:
         for r in read_jsonl(results / f"citations-at2-train-{dataset}.jsonl"):
-            if "masks" in r:
+            if "masks" in r and r["model"] == model:
                 examples.append(TrainingExample(features_of(model, r, "train"),
                                                 torch.tensor(r["masks"]).bool().numpy(),
                                                 torch.tensor(r["outputs"]).numpy()))
@@ -135,6 +164,17 @@ def train_weights(results: Path, model: str, facts: tuple[int, int]):
     if not examples:
         return None, used
     return train_at2(examples, *facts), used
+
+
+def at2_summary(results: Path, model: str, used: dict) -> str:
+    if not used:
+        return "AT2: no training example yet (row pending)."
+    recs = [r for d in DATA for r in read_jsonl(results / f"citations-at2-train-{d}.jsonl")
+            if "masks" in r and r["model"] == model]
+    secs = sum(r["seconds"]["ablations"] + r["seconds"]["decode_mass"] for r in recs) / len(recs)
+    return (f"AT2 training: {used} detection-half examples ({recs[0]['ablations']} ablations "
+            f"each, keep probability 0.5), {secs:.0f} s of forward passes per example; weights "
+            "fitted by the package's Pearson-correlation loss, 1000 full-batch Adam steps.")
 
 
 def write_report(results: Path, out: Path, model: str) -> None:
@@ -148,10 +188,12 @@ def write_report(results: Path, out: Path, model: str) -> None:
              f"Written {now()} on {machine()}, commit {git_commit()}.", "",
              f"Report: `{' '.join(shlex.quote(a) for a in sys.argv)}`", ""]
     for dataset, name in DATA.items():
-        records = read_jsonl(results / f"citations-{dataset}.jsonl")
+        records = [r for r in read_jsonl(results / f"citations-{dataset}.jsonl")
+                   if r["model"] == model]
         if records:
             parts += [f"## {name} (evaluation half)", "", answer_summary(records), "",
-                      table(records, model, rows), ""]
-    parts += [f"AT2 trained on {used or 'nothing yet'} detection-half examples.", ""]
+                      table(records, model, rows), "", "Runs: " + "; ".join(
+                          sorted({f"`{r['command']}` ({r['dtype']})" for r in records})), ""]
+    parts += [NOTES, at2_summary(results, model, used), ""]
     out.write_text("\n".join(parts))
     print(out.read_text())

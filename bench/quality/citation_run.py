@@ -129,7 +129,7 @@ def measure(b: Bench, dataset: str, e: Example, answers: Sequence[str]) -> dict:
     r["bm25_scores"] = [float(len(ids) - order.index(i)) for i in ids]
     r["contextcite_scores"], r["seconds"]["contextcite"] = None, None
     if r["answer_tokens"]:
-        (masks, lp), t = _timed(ablation_outputs, b.backend.model, b.tokenizer,
+        (masks, lp), t = _timed(ablation_outputs, b.backend.model,
                                 b.prompt_ids(e.query, docs), len(docs),
                                 r["generated_ids"][:r["answer_tokens"]], b.ablations)
         r["contextcite_scores"], t_fit = _timed(contextcite_scores, masks, lp)
@@ -148,7 +148,7 @@ def train_example(b: Bench, dataset: str, e: Example, _answers) -> dict:
     r = answer_and_mass(b, dataset, e, "train")
     docs = r.pop("docs")
     if r["answer_tokens"]:
-        (masks, lp), t = _timed(ablation_outputs, b.backend.model, b.tokenizer,
+        (masks, lp), t = _timed(ablation_outputs, b.backend.model,
                                 b.prompt_ids(e.query, docs), len(docs),
                                 r["generated_ids"][:r["answer_tokens"]], b.ablations)
         r["masks"] = masks.astype(int).tolist()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -94,6 +95,8 @@ def main(argv=None) -> None:
             print(f"budget of {args.budget_s:.0f}s spent: stopping", file=sys.stderr)
             break
         record = step(bench, args.data, example, answers)
+        record.update(model=args.model, dtype=str(bench.backend.model.dtype).split(".")[-1],
+                      command=" ".join(shlex.quote(a) for a in sys.argv))
         append(path, record)
         print(f"{args.data} {example.qid}: {record['answer']!r} "
               f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)

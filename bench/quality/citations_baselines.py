@@ -9,8 +9,8 @@ of their own (their dependencies, datasets/spacy/nltk, stay out of the project's
     .venv-cite/bin/pip install context-cite==0.0.4 at2==0.0.1
 
 Sources are the question's documents (not ContextCite's default sentences): an ablation drops
-documents from the scoring prompt (:func:`ablation_outputs`, the package's
-``get_masks_and_logit_probs`` over our prompt builder), one forward pass each.
+documents from the scoring prompt (:func:`ablation_outputs`: the package's mask draws and
+logit-probabilities over our prompt builder), one forward pass each.
 
 * **ContextCite**: LASSO of the answer's logit-probability on the keep masks (the package's
   ``LassoRegression`` and ``aggregate_logit_probs``, as ``ContextCiter.get_attributions`` does
@@ -36,17 +36,30 @@ AT2_MAX_GRAD_NORM = 1.0
 KEEP_PROB = 0.5                # both packages' ablation_keep_prob / alpha
 
 
-def ablation_outputs(model, tokenizer, prompt_ids: Callable[[np.ndarray], list[int]],
-                     num_docs: int, answer_ids: Sequence[int], num_ablations: int,
+def ablation_outputs(model, prompt_ids: Callable[[np.ndarray], list[int]], num_docs: int,
+                     answer_ids: Sequence[int], num_ablations: int,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``num_ablations`` random keep-masks over the documents and, for each, the answer tokens'
     logit-probabilities with only the kept documents in the prompt → (masks ``[M, N]`` bool,
-    logit-probs ``[M, G]``). One forward pass per mask."""
-    from context_cite.utils import get_masks_and_logit_probs
+    logit-probs ``[M, G]``). One forward pass per mask.
 
-    return get_masks_and_logit_probs(model, tokenizer, num_ablations, num_docs,
-                                     lambda mask: list(prompt_ids(mask)), list(answer_ids),
-                                     KEEP_PROB, 1, base_seed=seed)
+    The package's ``get_masks_and_logit_probs`` with its own mask draws (``_create_mask``, seeds
+    ``seed..seed+M-1``) and its ``_compute_logit_probs``; the forward keeps only the logits of
+    the rows that predict the answer (the package computes the vocabulary's logits for every
+    prompt position, about a third more work on this model, for the same numbers).
+    """
+    from context_cite.utils import _compute_logit_probs, _create_mask
+
+    answer = list(answer_ids)
+    masks = np.stack([_create_mask(num_docs, KEEP_PROB, seed + i) for i in range(num_ablations)])
+    out = []
+    with torch.inference_mode():
+        for mask in masks:
+            x = torch.tensor([list(prompt_ids(mask)) + answer], device=model.device)
+            logits = model(input_ids=x, logits_to_keep=len(answer) + 1).logits[:, :-1]
+            labels = torch.tensor([answer], device=model.device)
+            out.append(_compute_logit_probs(logits.float(), labels)[0].cpu().numpy())
+    return masks, np.stack(out).astype(np.float32)
 
 
 def contextcite_scores(masks: np.ndarray, logit_probs: np.ndarray) -> np.ndarray:
