@@ -4,7 +4,8 @@ Request::
 
     {"question": "...", "context": "<long text>"            # or "passages": [str | {text, title}]
      "top_k": 3, "model": "<generator name>", "stream": false, "max_tokens": 256,
-     "temperature": 0, "qrhead": {"heads": "default", "calibrate": true}}
+     "temperature": 0, "mode": "retrieve_then_answer",
+     "qrhead": {"method": "qrhead", "heads": "default", "calibrate": true}}
 
 The context is split at blank lines, then into passages of at most ``rag.passage_words`` words;
 the retriever scores them (in windows when they do not fit its context, see serve/windows.py),
@@ -12,9 +13,9 @@ keeps the best ``top_k`` and the generator answers from them through vLLM's own
 ``/v1/chat/completions`` (so sampling options and errors are vLLM's). Response::
 
     {"id", "object": "answer", "model", "answer", "passages": [{index, rank, score, window_score,
-     window, text, title?, start, end}], "retrieval": {heads, num_heads, calibrated, passages,
-     windows, rescored, prompt_tokens}, "timings": {retrieval_s, generation_s},
-     "usage": <the generator's usage>}
+     window, text, title?, start, end}], "retrieval": {method, heads, head_set, num_heads,
+     calibrated, passages, windows, rescored, prompt_tokens},
+     "timings": {retrieval_s, generation_s}, "usage": <the generator's usage>}
 
 Offsets: with ``context``, ``start``/``end`` are character offsets into the request's
 ``context`` string, so ``context[start:end] == text`` (a passage is a paragraph, or a run of
@@ -30,6 +31,9 @@ With ``"stream": true`` the response is server-sent events: first one ``{"object
 Bad input is a 400 that says what to fix: an empty context or question, ``top_k`` over the
 number of passages, a passage longer than the retriever's window (split it; a ``context`` is
 split for you, so only ``passages`` can hit this).
+
+The orchestration (retrieve, then generate; streamed or not) is serve/answer_flow.py's; this
+module is the wire format and its pure pieces.
 """
 
 from __future__ import annotations
@@ -37,27 +41,27 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Any, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qrhead_vllm.serve.args import RAGConfig
 from qrhead_vllm.serve.errors import APIError, validation_message
 from qrhead_vllm.serve.rerank import normalise_document
+from qrhead_vllm.serve.scoring import ScoringFields
 
 EXAMPLE = '{"question": "...", "context": "<long text>", "top_k": 3}'
+# How an answer is made; each has its flow in serve/answer_flow.py:FLOWS.
+ANSWER_MODES = ("retrieve_then_answer",)
+AnswerMode = Literal[ANSWER_MODES]          # type: ignore[valid-type]
 PARAGRAPH = re.compile(r"\n\s*\n")
 WORD = re.compile(r"\S+")
 DONE = b"data: [DONE]"
 
 
-class AnswerOptions(BaseModel):
-    """The QRHead extension object of an answer request."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    heads: str | None = Field(None, description="Head set: 'default', 'all' or a shipped name.")
-    calibrate: bool | None = Field(None, description="Subtract the null-query attention.")
+class AnswerOptions(ScoringFields):
+    """The QRHead extension object of an answer request: its scoring choices."""
 
 
 class AnswerRequest(BaseModel):
@@ -71,6 +75,7 @@ class AnswerRequest(BaseModel):
     stream: bool = False
     max_tokens: int | None = Field(None, gt=0)
     temperature: float = Field(0.0, ge=0)
+    mode: AnswerMode = ANSWER_MODES[0]
     qrhead: AnswerOptions | None = None
 
     @field_validator("question", mode="before")
@@ -97,6 +102,18 @@ class AnswerRequest(BaseModel):
         if self.context is not None and not self.context.strip():
             raise ValueError("context must not be empty")
         return self
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """The retrieval half of one answer request, as the ingress sends it to the retriever
+    (with the request's ScoringOptions beside it)."""
+
+    question: str
+    passages: list[dict[str, Any]]
+    top_k: int
+    rescore_candidates: int
+    heads: str | None = None            # the head-set name the request gave (reported back)
 
 
 def parse_answer(body: dict[str, Any]) -> AnswerRequest:

@@ -3,7 +3,8 @@
 Routes:
 
 * ``POST /v1/rerank``, ``/rerank``, ``/v2/rerank`` → the retriever (serve/rerank.py format);
-* ``POST /v1/answer`` → retriever, then generator (serve/answer.py);
+* ``POST /v1/answer`` → retriever, then generator (serve/answer_flow.py; wire format
+  serve/answer.py);
 * ``GET /health`` → 200 when the retriever can score (serve/health.py), else 503, with the
   retriever's dtype (``auto`` resolved); the one route open without an API key (serve/auth.py);
 * ``GET /metrics`` → the cluster's Prometheus metrics: Ray Serve's, vLLM's and QRHead's
@@ -20,18 +21,17 @@ The ingress is cheap (parse, validate, route) and holds no engine; it is built a
 from __future__ import annotations
 
 import json
-import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
-from qrhead_vllm.serve.answer import (EXAMPLE as ANSWER_EXAMPLE, answer_response, chat_body,
-                                     parse_answer, passages_event, request_passages, sse,
-                                     top_k, with_offsets, with_trailer)
 from qrhead_vllm import __version__
 from qrhead_vllm.dtypes import resolve_dtype
+from qrhead_vllm.scorers import ScoringOptions
+from qrhead_vllm.serve.answer import EXAMPLE as ANSWER_EXAMPLE, Retrieval, parse_answer
+from qrhead_vllm.serve.answer_flow import answer as answer_flow
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.auth import install_auth
 from qrhead_vllm.serve.errors import (BodySizeLimit, ClientErrorLog, check_json_depth,
@@ -39,6 +39,7 @@ from qrhead_vllm.serve.errors import (BodySizeLimit, ClientErrorLog, check_json_
 from qrhead_vllm.serve.metrics import CONTENT_TYPE, cluster_metrics
 from qrhead_vllm.serve.rerank import EXAMPLE as RERANK_EXAMPLE, RerankRequest, parse_rerank
 from qrhead_vllm.serve.resilience import health_check, open_stream
+from qrhead_vllm.serve.scoring import request_options
 
 RERANK_PATHS = ("/v1/rerank", "/rerank", "/v2/rerank")
 OPENAPI_DESCRIPTION = (
@@ -51,7 +52,8 @@ SKIP_REQUEST_HEADERS = {"host", "content-length", "transfer-encoding", "connecti
 
 
 class Upstream:
-    """Typed calls into the engine servers (serve/server.py). Each is a stream opened by
+    """Typed calls into the engine servers (serve/server.py): each sends the parsed request
+    and the ScoringOptions built from it, never a method name. Each is a stream opened by
     serve/resilience.py:open_stream, the one place that bounds the wait for a replica and maps
     every failure to an APIError (a lost, late or full engine: a 503 with Retry-After)."""
 
@@ -59,20 +61,18 @@ class Upstream:
         self.generator, self.retriever = generator, retriever
         self.replica_wait_s = replica_wait_s
 
-    async def rerank(self, req: RerankRequest) -> dict[str, Any]:
-        return await self.score("rerank", req)
+    async def rerank(self, req: RerankRequest, options: ScoringOptions) -> dict[str, Any]:
+        return await self._score(lambda handle: handle.rerank.remote(req, options))
 
-    async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
-                       rescore_candidates: int, heads: str | None,
-                       calibrate: bool | None) -> dict[str, Any]:
-        return await self.score("retrieve", question, passages, top_k, rescore_candidates,
-                                heads, calibrate)
+    async def retrieve(self, req: Retrieval, options: ScoringOptions) -> dict[str, Any]:
+        return await self._score(lambda handle: handle.retrieve.remote(req, options))
 
-    async def score(self, method: str, *args) -> dict[str, Any]:
-        """One retriever call: its single answer (scoring is idempotent, so a call that lost
-        its replica is sent once more; serve/resilience.py)."""
-        remote = getattr(self.retriever.options(stream=True), method).remote
-        result, _ = await open_stream("retriever", lambda: remote(*args), self.replica_wait_s)
+    async def _score(self, send: Callable[[Any], Any]) -> dict[str, Any]:
+        """One retriever call, ``send(streaming handle)``: its single answer (scoring is
+        idempotent, so a call that lost its replica is sent once more;
+        serve/resilience.py)."""
+        handle = self.retriever.options(stream=True)
+        result, _ = await open_stream("retriever", lambda: send(handle), self.replica_wait_s)
         return result
 
     async def health(self) -> None:
@@ -100,10 +100,6 @@ async def _drain(stream) -> AsyncIterator[bytes]:
     finally:
         if not finished:
             stream.cancel()
-
-
-async def _collect(chunks: AsyncIterator[bytes]) -> bytes:
-    return b"".join([c async for c in chunks])
 
 
 def json_body(example: str) -> dict[str, Any]:
@@ -139,7 +135,8 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
 
     async def rerank(request: Request) -> JSONResponse:
         req = parse_rerank(parse_json_body(await request.body(), RERANK_EXAMPLE))
-        return JSONResponse(await upstream.rerank(req))
+        return JSONResponse(await upstream.rerank(req, request_options(req.qrhead,
+                                                                       cfg.retriever)))
 
     for path in RERANK_PATHS:
         app.add_api_route(path, rerank, methods=["POST"], summary="Rerank documents for a query",
@@ -149,35 +146,7 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
               openapi_extra=json_body(ANSWER_EXAMPLE))
     async def answer(request: Request) -> Response:
         req = parse_answer(parse_json_body(await request.body(), ANSWER_EXAMPLE))
-        passages = request_passages(req, cfg.rag)
-        opts = req.qrhead
-        started = time.perf_counter()
-        retrieved = with_offsets(await upstream.retrieve(
-            req.question, passages, top_k(req, cfg.rag, passages),
-            cfg.rag.rescore_candidates, opts.heads if opts else None,
-            opts.calibrate if opts else None), passages)
-        generating = time.perf_counter()
-        timings = {"retrieval_s": round(generating - started, 4)}
-        body = json.dumps(chat_body(req, cfg.rag, retrieved["passages"])).encode()
-        start, chunks = await upstream.open("POST", "/v1/chat/completions", "",
-                                            [("content-type", "application/json")], body)
-        if start["status"] != 200:  # vLLM's own error (e.g. unknown generator model)
-            return Response(await _collect(chunks), start["status"], dict(start["headers"]))
-
-        def finished() -> dict[str, float]:
-            return timings | {"generation_s": round(time.perf_counter() - generating, 4)}
-
-        if not req.stream:
-            chat = json.loads(await _collect(chunks))
-            return JSONResponse(answer_response(chat, retrieved, finished()))
-
-        async def events() -> AsyncIterator[bytes]:
-            yield passages_event(retrieved, timings)
-            async for chunk in with_trailer(chunks, lambda: sse(
-                    {"object": "answer.timings", "timings": finished()})):
-                yield chunk
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return await answer_flow(req, upstream, cfg)
 
     @app.api_route("/{path:path}", methods=PROXY_METHODS, include_in_schema=False)
     async def forward(path: str, request: Request) -> Response:

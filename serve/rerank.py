@@ -4,7 +4,7 @@ Request::
 
     {"model": "smollm2-135m", "query": "...", "documents": ["...", {"text": "...", "title": "..."}],
      "top_n": 3, "return_documents": true,
-     "qrhead": {"heads": "all", "calibrate": false, "per_head": true, "windowed": false}}
+     "qrhead": {"method": "icr", "calibrate": false, "per_head": true, "windowed": false}}
 
 Response::
 
@@ -29,19 +29,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qrhead_vllm.results import RankedResults, to_document
 from qrhead_vllm.serve.errors import APIError, validation_message
+from qrhead_vllm.serve.scoring import ScoringFields
 
 EXAMPLE = '{"model": "smollm2-135m", "query": "...", "documents": ["...", "..."], "top_n": 3}'
 
 
-class QRHeadOptions(BaseModel):
-    """The one extension object: QRHead-specific options of a rerank or answer request."""
+class QRHeadOptions(ScoringFields):
+    """The one extension object of a rerank request: its scoring choices (method, heads,
+    calibrate: serve/scoring.py) and what to return."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    heads: str | None = Field(None, description="Head set: 'default', 'all' or a shipped config "
-                                                "name; default: the server's head set.")
-    calibrate: bool | None = Field(None, description="Subtract the null-query attention; "
-                                                     "default: the server's setting.")
     per_head: bool = Field(False, description="Return each head's score for every result.")
     windowed: bool = Field(False, description="Score documents that do not fit one prompt in "
                                               "windows instead of answering 400.")

@@ -4,7 +4,8 @@ One server class per engine (``serve/vllm_server.py``, ``serve/sglang_server.py`
 registry, :mod:`qrhead_vllm.engines`, names which), in the shape of Ray Serve LLM's
 ``LLMServer`` / ``SGLangServer``: an async constructor that starts the engine in the replica's
 event loop, ``check_health`` for Serve's probe, and plain async methods the ingress calls
-through its handle (``handle.options(stream=True).rerank.remote(req)``). A client's mistake
+through its handle with typed arguments (``handle.options(stream=True).rerank.remote(req,
+options)``: the parsed request and its ScoringOptions). A client's mistake
 comes back as an item of the stream (an ``APIError``: Serve logs every exception that leaves a
 replica with its traceback); other failures cross the handle as exceptions (picklable); the
 ingress maps both to HTTP in one place (``serve/resilience.py:open_stream``).
@@ -20,6 +21,8 @@ from typing import Any, AsyncIterator
 
 from qrhead_vllm import metrics
 from qrhead_vllm.models import BUNDLED
+from qrhead_vllm.scorers import ScoringOptions
+from qrhead_vllm.serve.answer import Retrieval
 from qrhead_vllm.serve.args import EngineConfig, RetrieverConfig
 from qrhead_vllm.serve.errors import APIError
 from qrhead_vllm.serve.health import ScoringProbe
@@ -52,20 +55,20 @@ class RetrieverMixin:
         self.retriever = Retriever(cfg, backend, names)
         self.probe = ScoringProbe()      # check_health scores when no request did lately
 
-    async def rerank(self, req: RerankRequest) -> AsyncIterator[str | dict[str, Any]]:
+    async def rerank(self, req: RerankRequest, options: ScoringOptions
+                     ) -> AsyncIterator[str | dict[str, Any]]:
         """Streamed: ACCEPTED, then one validated ``/v1/rerank`` request's response body (or
         the client error it is refused with: serve/resilience.py:answer_stream)."""
-        async for item in answer_stream(lambda: self._scored(self._retriever().rerank, req)):
+        async for item in answer_stream(lambda: self._scored(self._retriever().rerank, req,
+                                                             options)):
             yield item
 
-    async def retrieve(self, question: str, passages: list[dict[str, Any]], top_k: int,
-                       rescore_candidates: int, heads: str | None = None,
-                       calibrate: bool | None = None) -> AsyncIterator[str | dict[str, Any]]:
+    async def retrieve(self, req: Retrieval, options: ScoringOptions
+                       ) -> AsyncIterator[str | dict[str, Any]]:
         """Streamed: ACCEPTED, then the retrieval half of ``/v1/answer``: the best ``top_k``
         passages, cited (or the client error it is refused with)."""
-        async for item in answer_stream(lambda: self._scored(
-                self._retriever().retrieve, question, passages, top_k, rescore_candidates,
-                heads, calibrate)):
+        async for item in answer_stream(lambda: self._scored(self._retriever().retrieve, req,
+                                                             options)):
             yield item
 
     async def check_retriever(self) -> None:
@@ -73,9 +76,10 @@ class RetrieverMixin:
         serve/health.py); a server without the retriever role has nothing to prove. Also
         refreshes the workers' capture gauges (qrhead_vllm/metrics.py): one round trip to the
         engine per health check, so /metrics shows them without a call of its own."""
-        if self.retriever is not None:
-            await self.probe.check(self.retriever.rerank)
-            backend = self.retriever.backend
+        retriever = self.retriever
+        if retriever is not None:
+            await self.probe.check(lambda req: retriever.rerank(req, retriever.default_options))
+            backend = retriever.backend
             metrics.record_capture_state(backend.facts.model_id, await backend.stats_async())
 
     async def _scored(self, score, *args) -> dict[str, Any]:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from qrhead_vllm.windows import WindowConfig, pack_windows  # noqa: F401  (re-exported)
+from qrhead_vllm.windows import WindowConfig
 
 
 def rerank_window(limit: int) -> WindowConfig:

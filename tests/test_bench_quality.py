@@ -15,7 +15,8 @@ from bench.quality import baselines, beir, quality
 from bench.quality.llm import HeadSet, llm_runs, random_head_sets
 from bench.quality.metrics import METRICS, evaluate_runs, positive_qrels
 from qrhead_vllm.core import truncate_words
-from qrhead_vllm.ranker import QRHeadRanker, make_backend
+from qrhead_vllm.engines import make_backend
+from qrhead_vllm.ranker import QRHeadRanker
 
 MODEL = "smollm2-135m"
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from qrhead_vllm.dtypes import resolve_dtype
 from qrhead_vllm.errors import ContextOverflowError, HeadConfigError
+from qrhead_vllm.scorers import ScoringOptions
 from qrhead_vllm.serve.answer import split_context, with_trailer
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.builder import load_config
@@ -24,7 +25,6 @@ from qrhead_vllm.serve.generator import call_asgi
 from qrhead_vllm.serve.ingress import build_ingress_app
 from qrhead_vllm.serve.metrics import merge_expositions
 from qrhead_vllm.serve.rerank import parse_rerank
-from qrhead_vllm.serve.windows import pack_windows
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "serve"
 
@@ -123,16 +123,6 @@ def test_rerank_parsing_normalises_documents():
         parse_rerank({"query": "q", "documents": ["a"], "qrhead": {"bogus": 1}})
 
 
-def test_pack_windows_balances_and_refuses_giants():
-    groups = pack_windows([100] * 10, budget=450)
-    assert [len(g) for g in groups] == [4, 3, 3] or [len(g) for g in groups] == [4, 4, 2]
-    assert sum(groups, []) == list(range(10))
-    assert all(sum(100 for _ in g) <= 450 for g in groups)
-    assert pack_windows([10, 10], budget=100) == [[0, 1]]
-    with pytest.raises(ContextOverflowError, match="passage 1"):
-        pack_windows([10, 500], budget=100)
-
-
 def test_split_context_paragraphs_then_words():
     text = "one two three\n\n  \n\n" + " ".join(f"w{i}" for i in range(25))
     parts = split_context(text, max_words=10)
@@ -170,12 +160,12 @@ class FakeUpstream:
     def __init__(self):
         self.calls = []
 
-    async def rerank(self, req):
-        self.calls.append(("rerank", (req,)))
+    async def rerank(self, req, options):
+        self.calls.append(("rerank", req, options))
         return {"id": "r", "model": "m", "results": [], "usage": {}}
 
-    async def retrieve(self, *args):
-        self.calls.append(("retrieve", args))
+    async def retrieve(self, req, options):
+        self.calls.append(("retrieve", req, options))
         return {"passages": [{"rank": 1, "text": "P", "index": 0}], "retrieval": {}}
 
     async def health(self):
@@ -218,8 +208,10 @@ async def _ingress_routes_and_error_shape():
     answer = await client.post("/v1/answer", json={"question": "q", "context": "a\n\nbc"})
     out = answer.json()
     assert answer.status_code == 200 and out["answer"] == "A"
-    assert upstream.calls[-1][0] == "retrieve" and len(upstream.calls[-1][1][1]) == 2
-    assert upstream.calls[-1][1][2] == 2        # the default top_k (3) capped at 2 passages
+    kind, retrieval, options = upstream.calls[-1]
+    assert kind == "retrieve" and len(retrieval.passages) == 2
+    assert retrieval.top_k == 2                 # the default top_k (3) capped at 2 passages
+    assert options == ScoringOptions("qrhead", None, True)     # the server's defaults
     assert (out["passages"][0]["start"], out["passages"][0]["end"]) == (0, 1)
     assert set(out["timings"]) == {"retrieval_s", "generation_s"}
     over = await client.post("/v1/answer", json={"question": "q", "context": "a\n\nb",
@@ -292,7 +284,7 @@ def test_retriever_prompt_order_comes_from_the_config(smollm2_backend, fields, r
     cfg = QRHeadServeConfig.model_validate({"retriever": fields}).retriever
     retriever = Retriever(cfg, smollm2_backend, ["smollm2"])
     assert retriever.default.reverse_order is reverse
-    assert retriever.ranker("all", None).reverse_order is reverse
+    assert retriever.ranker(ScoringOptions("icr")).reverse_order is reverse
 
 
 @pytest.mark.parametrize("exc,status,text", [
@@ -318,5 +310,5 @@ def test_what_a_server_raises_reaches_http_as_its_status(exc, status, text):
     handle = SimpleNamespace(options=lambda stream: SimpleNamespace(
         rerank=SimpleNamespace(remote=lambda *a: Stream(rerank(*a)))))
     with pytest.raises(APIError) as err:
-        asyncio.run(Upstream(None, handle, 60).score("rerank", None))
+        asyncio.run(Upstream(None, handle, 60).rerank(None, ScoringOptions()))
     assert err.value.status == status and text in err.value.message

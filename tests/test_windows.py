@@ -13,6 +13,8 @@ from qrhead_vllm.windows import (WindowConfig, pack_windows, rescore_plan, run_p
 def test_pack_windows_respects_tokens_and_docs():
     groups = pack_windows([100] * 10, budget=450)
     assert sum(groups, []) == list(range(10)) and all(len(g) * 100 <= 450 for g in groups)
+    assert [len(g) for g in groups] in ([4, 3, 3], [4, 4, 2])          # balanced, fewest
+    assert pack_windows([10, 10], budget=100) == [[0, 1]]
     assert pack_windows([10] * 10, budget=1000, max_docs=4) in ([[0, 1, 2, 3], [4, 5, 6, 7],
                                                                   [8, 9]],
                                                                  [[0, 1, 2, 3], [4, 5, 6],

@@ -22,17 +22,19 @@ from qrhead_vllm.backends import InThread, MassRequest, MassResult
 from qrhead_vllm.datasets import Example
 from qrhead_vllm.errors import HeadConfigError
 from qrhead_vllm.ranker import QRHeadRanker
+from qrhead_vllm.scorers import DEFAULT_METHOD
 
 from bench.quality.metrics import Runs
 
 
 @dataclass(frozen=True)
 class HeadSet:
-    """One LLM row of the table: what to pass as ``heads=`` and how to label it."""
+    """One LLM row of the table: what to pass as ``heads=`` and ``method=``, and its label."""
 
     label: str
     heads: Any
     draw: int | None = None        # seed of a random draw (draws are averaged into one row)
+    method: str = DEFAULT_METHOD   # a qrhead_vllm.scorers name
 
 
 class SharedMassBackend(InThread):
@@ -84,7 +86,8 @@ def build_rankers(model: str, backend, sets: Sequence[HeadSet], notes: list[str]
     out = []
     for s in sets:
         try:
-            out.append((s, QRHeadRanker(model, heads=s.heads, backend=backend, **kw)))
+            out.append((s, QRHeadRanker(model, heads=s.heads, method=s.method, backend=backend,
+                                        **kw)))
         except HeadConfigError as e:
             notes.append(f"{s.label}: not available ({e})")
     return out

@@ -23,14 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # `python bench/q
 
 from bench.quality import beir                                             # noqa: E402
 from bench.quality.metrics import GRADED_METRICS                           # noqa: E402
-from bench.quality.rows import baseline_rows, fusion_row, llm_rows         # noqa: E402
+from bench.quality.rows import (LLM_METHODS, baseline_rows, fusion_row,   # noqa: E402
+                                llm_rows)
 from bench.quality.standard import BENCHMARKS, load_benchmark              # noqa: E402
 from bench.report import bar_chart, git_commit, machine, markdown, now, table  # noqa: E402
 from qrhead_vllm.engines import DEFAULT_ENGINE, ENGINE_NAMES               # noqa: E402
 from qrhead_vllm.models import DEFAULT_MODEL                               # noqa: E402
 from qrhead_vllm.windows import WindowConfig                               # noqa: E402
 
-METHODS = ("qrhead", "icr", "random", "dense", "bm25", "original", "fusion")
+METHODS = LLM_METHODS + ("dense", "bm25", "original", "fusion")
 BEIR_METHODS = ("qrhead", "original")
 APPENDIX = (Path(__file__).resolve().parent / "notes.md")
 
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
     facts["model"] = f"{', '.join(args.models)}, dtype {args.dtype}"
     notes: list[str] = []
     rows, fused = [], []
-    if {"qrhead", "icr", "random"} & set(args.methods):
+    if set(LLM_METHODS) & set(args.methods):
         for model in args.models:
             for backend in (("transformers", "vllm") if args.backend == "both"
                             else (args.backend,)):

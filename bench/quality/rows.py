@@ -1,5 +1,6 @@
-"""The rows of a quality table: LLM rows (QRHead head sets, ICR, random heads; one engine per
-model, every prompt prefilled once for all sets), baselines, and the optional fusion row."""
+"""The rows of a quality table: LLM rows (one per scoring method of qrhead_vllm.scorers and head
+set: QRHead's head sets, ICR, random heads; one engine per model, every prompt prefilled once for
+all of them), baselines, and the optional fusion row."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from bench.quality import baselines
 from bench.quality.llm import HeadSet, llm_runs, random_head_sets
 from bench.quality.metrics import Runs, evaluate_runs, mean_of, rrf_fuse
 from bench.report import Row
+from qrhead_vllm.engines import make_backend
+from qrhead_vllm.scorers import DEFAULT_METHOD, SCORER_NAMES, scorer
+
+# --methods that make LLM rows: every scoring method, and random head sets (QRHead's maths).
+LLM_METHODS = SCORER_NAMES + ("random",)
 
 
 def parse_heads(spec: str | None):
@@ -52,15 +58,19 @@ def shipped_for(facts) -> list[str]:
 
 def head_sets(args, facts) -> list[HeadSet]:
     sets = []
-    if "qrhead" in args.methods:
-        sets.append(HeadSet("QRHead (default heads)" if args.heads is None
-                            else f"QRHead ({args.heads})", parse_heads(args.heads)))
+    for name in (m for m in args.methods if m in SCORER_NAMES):
+        spec = scorer(name)
+        if spec.all_heads:
+            sets.append(HeadSet(spec.label, None, method=name))
+            continue
+        sets.append(HeadSet(f"{spec.label} (default heads)" if args.heads is None
+                            else f"{spec.label} ({args.heads})", parse_heads(args.heads),
+                            method=name))
         extra = [n for n in args.extra_heads.split(",") if n]
         if args.shipped_heads:
             extra += [n for n in shipped_for(facts) if n not in extra]
-        sets += [HeadSet(f"QRHead ({n})", sized(n) if "@" in n else n) for n in extra]
-    if "icr" in args.methods:
-        sets.append(HeadSet("all heads (ICR)", "all"))
+        sets += [HeadSet(f"{spec.label} ({n})", sized(n) if "@" in n else n, method=name)
+                 for n in extra]
     if "random" in args.methods:
         sets += random_head_sets(facts, args.random_heads, args.random_draws)
     return sets
@@ -70,8 +80,6 @@ def llm_rows(args, model: str, backend: str, examples, qrels, notes, facts_out,
              ranker_kw) -> tuple[list[Row], Runs | None]:
     """Every head set of ``model`` on one engine; random draws folded into one averaged row.
     Also returns the first QRHead row's run (the fusion row's input)."""
-    from qrhead_vllm.ranker import make_backend
-
     t0 = time.perf_counter()
     kw = {"device": args.device} if backend == "transformers" else {}
     if backend == "vllm" and args.max_model_len:
@@ -102,12 +110,13 @@ def llm_rows(args, model: str, backend: str, examples, qrels, notes, facts_out,
         scores = evaluate_runs(qrels, run, args.metrics)
         if config is not None and config.provenance.source != "manual":
             facts_out[f"heads {config.name}"] = describe(config)   # where the set came from
-            rows.append(Row(f"QRHead ({config.name}, {len(config.heads)} heads){tag}", scores))
+            label = scorer(s.method).label
+            rows.append(Row(f"{label} ({config.name}, {len(config.heads)} heads){tag}", scores))
         elif s.draw is None:
             rows.append(Row(s.label + who + tag, scores))
         else:
             draws.append((s.draw, scores))
-        if first_run is None and s.label.startswith("QRHead"):
+        if first_run is None and s.method == DEFAULT_METHOD and s.draw is None:
             first_run = run
     if draws:
         rows.append(Row(f"random {args.random_heads} heads (mean of {len(draws)}){who}{tag}",

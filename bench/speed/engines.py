@@ -70,7 +70,7 @@ def start_engines(args, facts: dict, bf16: bool, reference: bool,
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # 3-5× faster start
     from bench.speed.reference_baseline import ReferenceAlgorithm
     from qrhead_vllm.models import resolve_model
-    from qrhead_vllm.ranker import make_backend
+    from qrhead_vllm.engines import make_backend
     start = time.perf_counter()
     full = vllm_ranker(args, args.dtype, score_only=False)
     facts["vLLM engine start"] = f"{time.perf_counter() - start:.0f} s"
