@@ -32,8 +32,13 @@ Bad input is a 400 that says what to fix: an empty context or question, ``top_k`
 number of passages, a passage longer than the retriever's window (split it; a ``context`` is
 split for you, so only ``passages`` can hit this).
 
-The orchestration (retrieve, then generate; streamed or not) is serve/answer_flow.py's; this
-module is the wire format and its pure pieces.
+``"mode": "one_pass"`` answers from every passage in one prompt instead: the retriever's engine
+generates from the scoring prompt, the passages' scores come from that generation's prefill and
+its ``citations`` from its decode, so no passage is prefilled twice; its response and stream
+are described in serve/answer_one_pass.py (this shape plus ``"mode"`` and ``citations``).
+
+The orchestration (retrieve, then generate; streamed or not) is serve/answer_flow.py's (one
+flow per mode); this module is the wire format and its pure pieces.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from qrhead_vllm.serve.scoring import ScoringFields
 
 EXAMPLE = '{"question": "...", "context": "<long text>", "top_k": 3}'
 # How an answer is made; each has its flow in serve/answer_flow.py:FLOWS.
-ANSWER_MODES = ("retrieve_then_answer",)
+ANSWER_MODES = ("retrieve_then_answer", "one_pass")
 AnswerMode = Literal[ANSWER_MODES]          # type: ignore[valid-type]
 PARAGRAPH = re.compile(r"\n\s*\n")
 WORD = re.compile(r"\S+")

@@ -1,10 +1,11 @@
 """/v1/answer's orchestration: what the ingress does with a parsed answer request.
 
 One flow per answer mode (:data:`FLOWS`, keyed by ``AnswerRequest.mode``; the names are
-``serve/answer.py:ANSWER_MODES``). Today one mode, ``retrieve_then_answer``: the retriever scores
+``serve/answer.py:ANSWER_MODES``). ``retrieve_then_answer``: the retriever scores
 the passages and keeps the best ``top_k`` (one engine call), then the generator answers from
 them through vLLM's ``/v1/chat/completions`` (a second prefill, of the kept passages only),
-streamed or not. A new mode is a coroutine ``(request, upstream, cfg) -> Response`` and one
+streamed or not. ``one_pass`` (serve/answer_one_pass.py): every passage in one chat with
+documents, whose generation answers, scores and cites. A new mode is a coroutine ``(request, upstream, cfg) -> Response`` and one
 entry in each of the two places. The wire format and its pure pieces are serve/answer.py's; the
 engine calls are the ingress's ``Upstream`` (serve/ingress.py).
 """
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from qrhead_vllm.serve.answer import (ANSWER_MODES, AnswerRequest, Retrieval, answer_response,
                                      chat_body, passages_event, request_passages, sse, top_k,
                                      with_offsets, with_trailer)
+from qrhead_vllm.serve.answer_one_pass import one_pass
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.scoring import request_options
 
@@ -71,5 +73,5 @@ async def collect(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([c async for c in chunks])
 
 
-FLOWS: dict[str, Flow] = {"retrieve_then_answer": retrieve_then_answer}
+FLOWS: dict[str, Flow] = {"retrieve_then_answer": retrieve_then_answer, "one_pass": one_pass}
 assert tuple(FLOWS) == ANSWER_MODES, "serve/answer.py:ANSWER_MODES names every flow here"

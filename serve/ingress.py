@@ -11,6 +11,8 @@ Routes:
   (serve/metrics.py);
 * ``GET /docs`` and ``/openapi.json`` → the OpenAPI page and schema of the routes above, behind
   the API key like every route (a browser cannot send the key: fetch the schema with it);
+* ``POST /v1/chat/completions`` with ``documents`` → the retriever's engine, which answers
+  with document scores and citations from the one generation (serve/chat_documents.py);
 * anything else (``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/tokenize``,
   ...) is forwarded unchanged to the generator deployment, where vLLM's own app handles it.
 
@@ -34,6 +36,7 @@ from qrhead_vllm.serve.answer import EXAMPLE as ANSWER_EXAMPLE, Retrieval, parse
 from qrhead_vllm.serve.answer_flow import answer as answer_flow
 from qrhead_vllm.serve.args import QRHeadServeConfig
 from qrhead_vllm.serve.auth import install_auth
+from qrhead_vllm.serve.chat_documents import DocumentChat, parse_document_chat, wants_documents
 from qrhead_vllm.serve.errors import (BodySizeLimit, ClientErrorLog, check_json_depth,
                                      install_handlers, log_to_serve, parse_json_body)
 from qrhead_vllm.serve.metrics import CONTENT_TYPE, cluster_metrics
@@ -87,6 +90,14 @@ class Upstream:
         remote = self.generator.options(stream=True).openai.remote
         start, stream = await open_stream(
             "generator", lambda: remote(method, path, query, headers, body), self.replica_wait_s)
+        return start, _drain(stream)
+
+    async def chat_documents(self, req: DocumentChat, options: ScoringOptions
+                             ) -> tuple[dict[str, Any], AsyncIterator[bytes]]:
+        """A chat with documents, on the engine that scores (serve/chat_documents.py)."""
+        remote = self.retriever.options(stream=True).chat_documents.remote
+        start, stream = await open_stream("retriever", lambda: remote(req, options),
+                                          self.replica_wait_s)
         return start, _drain(stream)
 
 
@@ -155,8 +166,14 @@ def build_ingress_app(upstream: Upstream, cfg: QRHeadServeConfig,
             check_json_depth(body)
         headers = [(k, v) for k, v in request.headers.items()
                    if k.lower() not in SKIP_REQUEST_HEADERS]
-        start, chunks = await upstream.open(request.method, "/" + path, request.url.query,
-                                            headers, body)
+        chat = wants_documents(request.method, path, body)
+        if chat is not None:        # ours: answer, scores and citations (serve/chat_documents.py)
+            req = parse_document_chat(chat)
+            start, chunks = await upstream.chat_documents(
+                req, request_options(req.options, cfg.retriever))
+        else:
+            start, chunks = await upstream.open(request.method, "/" + path, request.url.query,
+                                                headers, body)
         return StreamingResponse(chunks, status_code=start["status"],
                                  headers=dict(start["headers"]))
 

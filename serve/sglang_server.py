@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from qrhead_vllm.models import resolve_model
 from qrhead_vllm.serve.args import EngineConfig
+from qrhead_vllm.serve.errors import APIError
 from qrhead_vllm.serve.server import (ACCEPTED, RetrieverMixin, check_roles, no_generator,
                                       served_names)
 
@@ -75,6 +76,14 @@ class SGLangServer(RetrieverMixin):
         async for item in no_generator(path, " (an SGLang retriever: configure a vLLM "
                                              "generator for the OpenAI routes)"):
             yield item
+
+    async def chat_documents(self, req, options) -> AsyncIterator[Any]:
+        """Chat with documents is vLLM's only: a 501 that says why."""
+        yield ACCEPTED
+        yield APIError(501, "chat with documents is not available with engine: sglang: the "
+                            "citations need attention captured while decoding, which only the "
+                            "vLLM engine has; rank the documents with /v1/rerank, or serve "
+                            "with engine: vllm")
 
     async def check_health(self) -> None:
         """Serve's health probe (and the ingress's /health): a round trip to the scheduler,

@@ -19,7 +19,9 @@ from typing import Any, AsyncIterator
 from qrhead_vllm.models import resolve_model
 from qrhead_vllm.ranker import score_only_kwargs
 from qrhead_vllm.serve.args import EngineConfig
-from qrhead_vllm.serve.generator import build_openai_app, call_asgi, vllm_args
+from qrhead_vllm.serve.errors import APIError
+from qrhead_vllm.serve.generator import (build_openai_app, call_asgi, chat_with_documents,
+                                         vllm_args)
 from qrhead_vllm.serve.server import (ACCEPTED, RetrieverMixin, check_roles, no_generator,
                                       served_names)
 
@@ -87,6 +89,19 @@ class VLLMServer(RetrieverMixin):
         stream = (call_asgi(self.app, method, path, query, headers, body) if self.app
                   else no_generator(path, ""))
         async for item in stream:
+            yield item
+
+    async def chat_documents(self, req, options) -> AsyncIterator[Any]:
+        """Streamed: ACCEPTED, then a chat with documents (serve/chat_documents.py): the
+        refusal, or the HTTP response start and body."""
+        yield ACCEPTED
+        if self.app is None or self.retriever is None:
+            yield APIError(501, "chat with documents needs one engine that generates and scores "
+                                "(generator: null in the app config); send the chat without "
+                                "documents, or rank them with /v1/rerank")
+            return
+        async for item in chat_with_documents(self.app.state.openai_serving_chat,
+                                              self.retriever, req, options):
             yield item
 
     async def check_health(self) -> None:
