@@ -20,7 +20,8 @@ import pytest
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 KEY = "sk-examples-4b1d"
-CLIENTS = ["curl.sh", "openai_client.py", "cohere_client.py", "answer_stream.py"]
+CLIENTS = ["curl.sh", "openai_client.py", "cohere_client.py", "answer_stream.py",
+           "chat_citations.py"]
 PARIS = "Paris is the capital and largest city of France."
 
 
@@ -89,6 +90,15 @@ def test_answer_stream(examples_url):
     assert line_after(head, "answer: ").removeprefix("answer: ").strip()
     assert "Eiffel Tower" in sources.splitlines()[1] and "completed in 1889" in sources
     assert re.search(r"retrieval \d+\.\d+ s, generation \d+\.\d+ s", out)
+
+
+def test_chat_citations(examples_url):
+    out = succeeded("chat_citations.py", examples_url, KEY)
+    assert line_after(out, "answer: ").removeprefix("answer: ").strip()
+    ranking = out.split("documents (best first):\n")[1].splitlines()
+    assert ranking[0].endswith("[1] Eiffel Tower"), out          # the paragraph with the date
+    assert "citations:" in out and " <- [" in out, out            # a sentence cites a document
+    assert line_after(out, "cited, streamed: "), out
 
 
 @pytest.mark.parametrize("name", CLIENTS)

@@ -14,6 +14,14 @@ compute them: SQuAD normalisation, best over the answer and its aliases):
 
     python bench/quality/answer.py --out docs/results/                       # library call
     python bench/quality/answer.py --url http://127.0.0.1:8000       # + /v1/answer of an app
+    python bench/quality/answer.py --url http://127.0.0.1:8000 --no-library \
+        --url-modes retrieve_then_answer,one_pass   # the app's two answer modes, one generator
+
+The app rows (``--url``) answer through ``/v1/answer`` with the question's paragraphs as
+``passages``, once per ``--url-modes`` entry: ``retrieve_then_answer`` (score every paragraph,
+generate from the best top-k) and ``one_pass`` (every paragraph in one prompt; the answer's own
+prefill scores them, its top-k is what "recall" counts). Both generate with the app's engine,
+so they compare the modes with the same generator.
 
 Questions are processed in chunks: each chunk is retrieved, then every row is generated in one
 batched vLLM call, then its per-question results are appended to the JSONL (so a stopped run
@@ -46,7 +54,9 @@ from qrhead_vllm.results import Document                                   # noq
 ROWS = ("qrhead", "bm25", "dense", "full", "gold")
 LABELS = {"qrhead": "(a) QRHead top-{k}", "bm25": "(b) BM25 top-{k}",
           "dense": "(c) dense MiniLM top-{k}", "full": "(d) full context",
-          "gold": "(e) gold paragraphs (ceiling)", "url": "/v1/answer top-{k} (app)"}
+          "gold": "(e) gold paragraphs (ceiling)", "url": "/v1/answer top-{k} (app)",
+          "url_one_pass": "/v1/answer one-pass, all paragraphs (app)"}
+URL_ROWS = {"retrieve_then_answer": "url", "one_pass": "url_one_pass"}   # mode -> row
 DATASETS = ("musique", "hotpotqa")
 SYSTEM = ("Answer the question using the passages. Reply with the answer only: a name, a date, "
           "a number or a few words. No sentence, no explanation.")
@@ -192,18 +202,20 @@ class Generator:
         return [o.outputs[0].text for o in outs]
 
 
-def answer_over_http(url: str, q: Question, k: int, max_tokens: int) -> dict[str, Any]:
+def answer_over_http(url: str, q: Question, k: int, max_tokens: int,
+                     mode: str = "retrieve_then_answer") -> dict[str, Any]:
     """/v1/answer of a running app with the question's paragraphs as ``passages``."""
     import httpx
     docs = list(q.example.documents)
     body = {"question": q.example.query, "top_k": k, "max_tokens": max_tokens,
-            "temperature": 0, "passages": [{"title": d.title, "text": d.text} for d in docs]}
+            "temperature": 0, "mode": mode,
+            "passages": [{"title": d.title, "text": d.text} for d in docs]}
     t0 = time.perf_counter()
     r = httpx.post(f"{url.rstrip('/')}/v1/answer", json=body, timeout=900)
     r.raise_for_status()
     out = r.json()
     return {"ids": [str(docs[p["index"]].doc_id) for p in out["passages"]],
-            "raw": out["answer"], "retrieval_s": out["timings"]["retrieval_s"],
+            "raw": out["answer"], "retrieval_s": out["timings"].get("retrieval_s", 0.0),
             "generation_s": out["timings"]["generation_s"],
             "total_s": time.perf_counter() - t0}
 
@@ -228,9 +240,10 @@ def run_chunk(chunk: list[Question], args, retrievers: Retrievers | None,
                 out.append(record(q, row, ids, raw, ret_s, gen_s))
     if args.url:
         for q in chunk:
-            got = answer_over_http(args.url, q, args.top_k, args.max_tokens)
-            out.append(record(q, "url", got["ids"], got["raw"], got["retrieval_s"],
-                              got["generation_s"]))
+            for mode in args.url_modes:
+                got = answer_over_http(args.url, q, args.top_k, args.max_tokens, mode)
+                out.append(record(q, URL_ROWS[mode], got["ids"], got["raw"],
+                                  got["retrieval_s"], got["generation_s"]))
     return out
 
 
@@ -256,7 +269,7 @@ def summary_table(results: list[dict[str, Any]], k: int) -> str:
         parts += [f"**{ds}** ({n} questions)", "",
                   "| row | EM | F1 | recall of gold | retrieval s/q | generation s/q |",
                   "|---|---|---|---|---|---|"]
-        for row in ROWS + ("url",):
+        for row in ROWS + tuple(URL_ROWS.values()):
             rs = [r for r in mine if r["row"] == row]
             if not rs:
                 continue
@@ -300,7 +313,9 @@ def parse_args(argv):
     p.add_argument("--max-model-len", type=int, default=6144)
     p.add_argument("--chunk", type=int, default=10, help="questions per batched generation")
     p.add_argument("--url", default=None, help="also score /v1/answer of this running app")
-    p.add_argument("--no-library", action="store_true", help="with --url: only the app row")
+    p.add_argument("--no-library", action="store_true", help="with --url: only the app rows")
+    p.add_argument("--url-modes", default="retrieve_then_answer",
+                   help=f"with --url: comma list of /v1/answer modes, of {','.join(URL_ROWS)}")
     p.add_argument("--out", default="docs/results")
     p.add_argument("--name", default="quality-answer")
     p.add_argument("--append", action="store_true",
@@ -311,9 +326,11 @@ def parse_args(argv):
     args = p.parse_args(argv)
     args.datasets = [d for d in args.datasets.split(",") if d]
     args.rows = [r for r in args.rows.split(",") if r]
-    bad = (set(args.rows) - set(ROWS)) | (set(args.datasets) - set(DATASETS))
+    args.url_modes = [m for m in args.url_modes.split(",") if m]
+    bad = ((set(args.rows) - set(ROWS)) | (set(args.datasets) - set(DATASETS))
+           | (set(args.url_modes) - set(URL_ROWS)))
     if bad:
-        p.error(f"unknown rows/datasets {sorted(bad)}")
+        p.error(f"unknown rows/datasets/modes {sorted(bad)}")
     return args
 
 
@@ -333,6 +350,9 @@ def main(argv=None) -> int:
              "generator": f"{args.generator} ({args.gen_dtype}), greedy, max "
                           f"{args.max_tokens} new tokens, vLLM on CPU",
              "k": str(args.top_k)}
+    if args.no_library:
+        facts["generator"] = (f"the app's engine at --url (its model), greedy, max "
+                              f"{args.max_tokens} new tokens")
     if args.append:
         facts["command"] += " (added to the JSONL of the earlier run the README names)"
     if not args.report_only:
