@@ -8,7 +8,9 @@ Modules: ``args`` (typed config), ``builder`` (``build_qrhead_app``), ``ingress`
 ``server`` (what every engine server shares: the retriever role), ``vllm_server`` /
 ``sglang_server`` (one server per engine, named by qrhead_vllm.engines), ``generator``
 (vLLM's OpenAI app over a Ray handle), ``retriever`` + ``windows`` (QRHead scoring),
-``rerank`` / ``answer`` (wire formats), ``errors`` (one error shape), ``launch`` (local start/stop). See docs/serving.md.
+``scoring`` (a request's ScoringOptions), ``rerank`` / ``answer`` (wire formats),
+``answer_flow`` (/v1/answer's modes), ``errors`` (one error shape), ``launch`` (local
+start/stop). See docs/serving.md.
 """
 
 from __future__ import annotations
