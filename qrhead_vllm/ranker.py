@@ -230,4 +230,3 @@ def _options(options: ScoringOptions | None, heads: Any, calibrate: bool | None,
         raise InvalidInputError("pass the method, heads and calibration either as options= "
                                 "or as method= / heads= / calibrate=, not both")
     return options
-
