@@ -138,8 +138,9 @@ class Worker:
             self.capture._decoding[decode_key(f"key-{rid}")] = rid
 
     def step(self, chunks: dict, finished=()) -> None:
-        self.capture.begin_step(None, SimpleNamespace(finished_req_ids=set(finished),
-                                                      num_scheduled_tokens={}))
+        self.capture.begin_step(None, SimpleNamespace(
+            finished_req_ids=set(finished),
+            num_scheduled_tokens={rid: n for rid, (_, n) in chunks.items()}))
         if chunks:
             self.engine.step(_EndLeftToAdapter(self.capture.driver), chunks)
         else:                              # an empty step: it only carries the finished ids
@@ -249,3 +250,39 @@ def test_sglang_refuses_decode_capture_with_the_reason():
     assert result_rows(payload).numel() == 0
     with pytest.raises(Exception, match="not implemented on the SGLang engine"):
         merge_results([payload], len(HEADS), "missing")
+
+
+def test_sglang_backend_refuses_generation_with_captures():
+    from qrhead_vllm.errors import CaptureError
+    from qrhead_vllm.integration.sglang.backend import SGLangBackend
+    backend = SGLangBackend.__new__(SGLangBackend)      # the refusal needs no engine
+    with pytest.raises(CaptureError, match="decode-time capture .* not implemented on the SGLang"):
+        backend.generate_scored(None, None, HEADS, decode=True)
+    with pytest.raises(CaptureError, match="serve the model on vLLM"):
+        backend.generate_scored(None, None, HEADS)
+
+
+def test_deferred_rows_are_computed_before_their_blocks_are_reused():
+    w = Worker({"a": PROMPT + GENERATED - 1})
+    w.admit("a")
+    w.step({"a": (0, PROMPT)})
+    for pos in range(PROMPT, PROMPT + GENERATED - 1):
+        w.step({"a": (pos, 1)})
+    assert w.capture.driver.requests["a"].decode.pending == GENERATED - 1
+    # a step that does not run it (preempted; or finished, named a step later): vLLM may hand
+    # its blocks to another request, whose keys this step's forward writes over them
+    w.capture.begin_step(None, SimpleNamespace(finished_req_ids=set(), num_scheduled_tokens={}))
+    for layer in LAYERS:
+        w.engine.cache[layer].normal_()
+    rows = merge_results([w.capture.pop([decode_key("key-a")])[decode_key("key-a")]],
+                         len(HEADS), "missing").permute(1, 0, 2)
+    torch.testing.assert_close(rows, expected(w.engine, "a"), atol=1e-6, rtol=0)
+
+
+def test_deferred_rows_whose_keys_do_not_read_back_are_an_error():
+    engine, driver = FakeEngine({"a": PROMPT + GENERATED - 1}), CaptureDriver()
+    a = admit_generating(driver, "a")
+    engine.step(driver, {"a": (0, PROMPT)})
+    engine.step(driver, {"a": (PROMPT, 1)}, corrupt=True)
+    assert a.decode.pending == 1
+    assert "self-check failed" in a.decode_result().error

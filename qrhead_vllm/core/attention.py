@@ -110,6 +110,81 @@ def span_mass_rows(query: torch.Tensor, keys: torch.Tensor, positions: torch.Ten
     return out
 
 
+def paged_span_mass(query: torch.Tensor, key_cache: torch.Tensor, block_row: torch.Tensor,
+                    positions: Sequence[int], kv_head_of: Sequence[int], scale: float,
+                    span_matrix: torch.Tensor, sliding_window: int | None = None
+                    ) -> torch.Tensor:
+    """:func:`span_mass_rows` of one sequence's rows, keys read straight from the paged cache:
+    per KV head one gather of that head's blocks (never the other heads', never a
+    ``[H_kv, S, D]`` copy), one matmul, one softmax.
+
+    Args:
+        query: ``[n, H_sel, D]`` the selected heads' queries at ``positions`` (host ints: no
+            device sync to size the gather).
+        key_cache: as :func:`gather_paged_keys`.
+        block_row: the sequence's physical block ids, at least up to its newest position.
+        span_matrix: ``[P, N]`` (:func:`span_matrix`).
+
+    Returns:
+        ``[n, H_sel, N]`` fp32.
+    """
+    n, num_sel, _ = query.shape
+    block_size = key_cache.shape[1] * (key_cache.shape[2] if key_cache.dim() == 6 else 1)
+    num_blocks = max(positions) // block_size + 1
+    blocks = block_row[:num_blocks].long()[None]
+    num_keys = min(span_matrix.shape[0], num_blocks * block_size)   # keys past P hold no span
+    key_pos = torch.arange(num_blocks * block_size, device=query.device)
+    pos = torch.tensor(list(positions), device=query.device)
+    hidden = key_pos[None, :] > pos[:, None]                          # [n, S]
+    if sliding_window is not None:
+        hidden |= key_pos[None, :] <= pos[:, None] - sliding_window
+    out = torch.empty(n, num_sel, span_matrix.shape[1], dtype=torch.float32,
+                      device=query.device)
+    for kv, sel in _kv_groups([int(k) for k in kv_head_of], query.device):
+        keys_t = paged_head_keys_t(key_cache, blocks, kv)[0]            # [nb, D, bs]
+        q = query[:, sel].float().mul(scale)                             # [n, h, D]
+        h = q.shape[1]
+        logits = q.reshape(1, n * h, -1) @ keys_t.float()                # [nb, n*h, bs]
+        logits = logits.transpose(0, 1).reshape(n, h, -1)                # [n, h, S]
+        logits.masked_fill_(hidden[:, None], float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        out[:, sel] = probs[..., :num_keys] @ span_matrix[:num_keys]
+        del keys_t, logits, probs
+    return out
+
+
+def paged_keys_at(key_cache: torch.Tensor, block_ids: torch.Tensor, slots: torch.Tensor
+                  ) -> torch.Tensor:
+    """``[n, H_kv, D]`` the keys in slot ``slots[i]`` of block ``block_ids[i]`` (self-checks)."""
+    blocks = paged_blocks(key_cache, block_ids.long())                  # [n, bs, H_kv, D]
+    return blocks[torch.arange(len(block_ids), device=blocks.device), slots.long()]
+
+
+def paged_head_keys_t(key_cache: torch.Tensor, block_rows: torch.Tensor, kv: int
+                      ) -> torch.Tensor:
+    """One KV head's keys of several sequences, block by block and transposed,
+    ``[R, n, D, block_size]``, in one gather of that head only (the layouts of
+    :func:`paged_blocks`): the gather copies in whichever order the cache stores a block (D
+    innermost or tokens innermost); the other is a free transposed view for the matmul."""
+    if key_cache.dim() == 6:       # tiled: [nb, groups, group_tokens, H_kv, words, pack]
+        blocks = _gather_blocks(key_cache.select(3, kv), block_rows)
+        r, n, groups, tokens, words, pack = blocks.shape
+        return blocks.reshape(r, n, groups * tokens, words * pack).transpose(-1, -2)
+    head = key_cache.select(2, kv)                                      # [nb, bs, D]
+    if head.stride(-1) == 1:       # D innermost (FlashAttention's layout)
+        return _gather_blocks(head, block_rows).transpose(-1, -2)
+    return _gather_blocks(head.transpose(1, 2), block_rows)   # tokens innermost (CPU vec)
+
+
+def _gather_blocks(blocks: torch.Tensor, block_rows: torch.Tensor) -> torch.Tensor:
+    """``blocks[block_rows]``; as one row copy per block where a block is contiguous (CPU's
+    index_select of whole rows is several times faster than advanced indexing)."""
+    if blocks[0].is_contiguous():
+        picked = blocks.flatten(1).index_select(0, block_rows.flatten())
+        return picked.view(*block_rows.shape, *blocks.shape[1:])
+    return blocks[block_rows]
+
+
 def span_matrix(spans: Sequence[tuple[int, int]], num_positions: int,
                 device: torch.device | str = "cpu") -> torch.Tensor:
     """``[num_positions, len(spans)]`` fp32 membership of each position in each half-open

@@ -22,7 +22,8 @@ from typing import Sequence
 
 import torch
 
-from qrhead_vllm.core.attention import span_attention_rows, span_mass_rows, span_matrix
+from qrhead_vllm.core.attention import (paged_keys_at, paged_span_mass, span_attention_rows,
+                                        span_mass_rows, span_matrix)
 from qrhead_vllm.core.heads import Head, shard_heads
 
 
@@ -75,7 +76,10 @@ class _SelectedHeads:
     def check_keys(self, read: torch.Tensor, written: torch.Tensor) -> None:
         """Record whether keys read back through the engine's layout equal the keys it wrote
         this step; evaluated once, in ``result`` (no host sync here)."""
-        bad = (read != written.to(read.dtype)).any()
+        self.note_key_mismatch((read != written.to(read.dtype)).any())
+
+    def note_key_mismatch(self, bad: torch.Tensor) -> None:
+        """Accumulate a self-check outcome (a 0-d bool tensor, on the device)."""
         self._key_mismatch = bad if self._key_mismatch is None else self._key_mismatch | bad
 
     def _check_step_layers(self, what: str) -> None:
@@ -186,6 +190,18 @@ class SpanCapture(_SelectedHeads):
         return CaptureResult(index, rows.cpu())
 
 
+@dataclass(frozen=True)
+class PagedKeys:
+    """Where one layer's keys of a sequence are in an engine's paged cache (references, no
+    copy): enough to compute deferred rows later, while the sequence still holds its blocks."""
+
+    key_cache: torch.Tensor       # as core.attention.gather_paged_keys reads it
+    block_table: torch.Tensor
+    table_row: int
+    scale: float
+    sliding_window: int | None = None
+
+
 @dataclass
 class DecodeCapture(_SelectedHeads):
     """Decode-time attention of one request: per generated token, each selected head's
@@ -199,6 +215,12 @@ class DecodeCapture(_SelectedHeads):
     the causal softmax over every cached key (fp32), summed over each span: never normalised
     over the spans. A step that recomputes positions (preemption, rejected draft tokens)
     overwrites their rows; rows past the newest step are dropped.
+
+    Decode steps may be *deferred* (:meth:`defer`): a step keeps only its query rows and where
+    the keys are, and :meth:`flush` computes every kept row at once, one gather and one matmul
+    per layer for many steps. The engine integration must flush while the sequence still holds
+    its blocks (before a step in which it is not scheduled: finished, aborted, preempted);
+    :meth:`result` flushes first.
     """
 
     first_pos: int
@@ -214,6 +236,12 @@ class DecodeCapture(_SelectedHeads):
     _q_index: dict[tuple[int, torch.device], torch.Tensor] = field(default_factory=dict)
     _span_matrix: dict[torch.device, torch.Tensor] = field(default_factory=dict)
     _cols: dict[int, int] = field(default_factory=dict)   # layer -> its first row of `rows`
+    # deferred rows: their positions, per layer the (step's queries, row) of each and where
+    # its keys are, and the keys the engine wrote for them (the self-check)
+    _pending_pos: list[int] = field(default_factory=list)
+    _pending: dict[int, list[tuple[torch.Tensor, int]]] = field(default_factory=dict)
+    _where: dict[int, PagedKeys] = field(default_factory=dict)
+    _pending_check: list[tuple[int, int, torch.Tensor, int]] = field(default_factory=list)
 
     def __post_init__(self):
         col = 0
@@ -266,17 +294,74 @@ class DecodeCapture(_SelectedHeads):
         heads = self.layers[layer]
         offset, n = self.span_slice()
         lo = self._step[0] + offset
-        device = keys.device
-        positions = torch.arange(lo, lo + n, device=device)
-        mass = span_mass_rows(query.index_select(1, self._heads_on(layer, query.device)), keys,
-                              positions, heads.kv_heads, scale, self._spans_on(device),
-                              sliding_window, key_offset)                   # [n, h, N]
-        self._reserve(device)
-        col, r = self._cols[layer], lo - self.first_pos
-        self.rows[col:col + len(heads.index), r:r + n] = mass.transpose(0, 1)
+        positions = torch.arange(lo, lo + n, device=keys.device)
+        self.put(layer, span_mass_rows(
+            query.index_select(1, self._heads_on(layer, query.device)), keys, positions,
+            heads.kv_heads, scale, self.spans_on(keys.device), sliding_window, key_offset))
+
+    # --- deferred decode rows -----------------------------------------------------------------
+    def defer_step(self) -> None:
+        """This step's row (one token) is deferred: :meth:`defer` keeps it layer by layer."""
+        offset, n = self.span_slice()
+        assert n == 1, "only one-token decode steps are deferred"
+        self._pending_pos.append(self._step[0] + offset)
+
+    def defer(self, layer: int, queries: torch.Tensor, row: int, where: PagedKeys,
+              written: torch.Tensor | None = None) -> None:
+        """Keep this step's row of ``layer``: ``queries[row]`` (``[h, D]``, this layer's
+        selected heads) and where its keys are; ``written[row]`` (``[H_kv, D]``): the key the
+        engine wrote for it, checked against the cache at :meth:`flush`."""
+        self._pending.setdefault(layer, []).append((queries, row))
+        self._where[layer] = where
+        if written is not None:
+            self._pending_check.append((self._pending_pos[-1], layer, written, row))
         self._step_layers.add(layer)
 
-    def _spans_on(self, device: torch.device) -> torch.Tensor:
+    @property
+    def pending(self) -> int:
+        """Deferred rows not computed yet."""
+        return len(self._pending_pos)
+
+    def flush(self) -> None:
+        """Compute every deferred row (the sequence's blocks must still hold its keys)."""
+        positions, pending, checks = self._pending_pos, self._pending, self._pending_check
+        self._pending_pos, self._pending, self._pending_check = [], {}, []
+        if not positions or self.error is not None:
+            return
+        for layer, entries in pending.items():
+            where, heads = self._where[layer], self.layers[layer]
+            query = torch.stack([q[i] for q, i in entries])                       # [n, h, D]
+            self._put_at(layer, positions, paged_span_mass(
+                query, where.key_cache, where.block_table[where.table_row], positions,
+                heads.kv_heads, where.scale, self.spans_on(query.device),
+                where.sliding_window))
+        for layer in {c[1] for c in checks}:
+            mine = [c for c in checks if c[1] == layer]
+            where = self._where[layer]
+            cache = where.key_cache
+            block_size = cache.shape[1] * (cache.shape[2] if cache.dim() == 6 else 1)
+            pos = torch.tensor([c[0] for c in mine], device=where.block_table.device)
+            read = paged_keys_at(cache, where.block_table[where.table_row][pos // block_size],
+                                 pos % block_size)
+            self.check_keys(read, torch.stack([w[i] for _, _, w, i in mine]))
+
+    def _put_at(self, layer: int, positions: list[int], mass: torch.Tensor) -> None:
+        self._reserve(mass.device)
+        col = self._cols[layer]
+        at = torch.tensor([p - self.first_pos for p in positions], device=mass.device)
+        self.rows[col:col + mass.shape[1]].index_copy_(1, at, mass.transpose(0, 1))
+
+    def put(self, layer: int, mass: torch.Tensor) -> None:
+        """Store one layer's ``[n, h, N]`` mass of this step's rows (computed here or, for a
+        batch of decode steps, by the driver)."""
+        offset, n = self.span_slice()
+        self._reserve(mass.device)
+        col, r = self._cols[layer], self._step[0] + offset - self.first_pos
+        self.rows[col:col + mass.shape[1], r:r + n] = mass.transpose(0, 1)
+        self._step_layers.add(layer)
+
+    def spans_on(self, device: torch.device) -> torch.Tensor:
+        """The ``[P, N]`` :func:`span_matrix` of the documents, on ``device``."""
         if device not in self._span_matrix:   # built once per request and device
             self._span_matrix[device] = span_matrix(self.spans, self.num_prompt_tokens, device)
         return self._span_matrix[device]
@@ -295,7 +380,9 @@ class DecodeCapture(_SelectedHeads):
 
     # --- result -----------------------------------------------------------------------------
     def result(self) -> CaptureResult:
-        """``[h, count, N]`` rows in layer order, on the CPU (one copy)."""
+        """``[h, count, N]`` rows in layer order, on the CPU (one copy); deferred rows are
+        computed first."""
+        self.flush()
         if self._final_error() is not None:
             return CaptureResult(self.index, torch.zeros(0, 0, 0), self.error)
         if self.count == 0 or self.rows is None:

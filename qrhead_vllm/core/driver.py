@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Container, Iterable, Protocol
 
 import torch
 
-from qrhead_vllm.core.attention import gather_paged_keys
-from qrhead_vllm.core.capture import CaptureResult, DecodeCapture, SpanCapture, layer_heads
+from qrhead_vllm.core.attention import gather_paged_keys, paged_span_mass
+from qrhead_vllm.core.capture import (CaptureResult, DecodeCapture, LayerHeads, PagedKeys,
+                                      SpanCapture, layer_heads)
 from qrhead_vllm.core.heads import Head, beyond_last_layer
 
 logger = logging.getLogger(__name__)
@@ -148,12 +149,36 @@ class _Planned:
     decode: bool       # the step computes decode-time rows
 
 
+FLUSH_ROWS = 64   # deferred decode rows of a request computed together (see DecodeCapture)
+
+
+@dataclass
+class _DecodeBatch:
+    """This step's one-token decode rows of the requests that read the same heads. Per layer
+    they cost two index ops and Python bookkeeping: the rows are deferred (``DecodeCapture
+    .defer``) and computed every FLUSH_ROWS steps, a gather and a matmul per layer for all of
+    them (rows of sliding-window layers are computed at once: the engine may free blocks that
+    leave the window)."""
+
+    planned: list[_Planned]
+    layers: dict[int, LayerHeads]
+    checked: bool = False                                   # the key self-check ran this step
+    _offsets: dict = field(default_factory=dict)            # device -> token offsets
+
+    def offsets(self, device: torch.device) -> torch.Tensor:
+        if device not in self._offsets:
+            self._offsets[device] = torch.tensor([p.row.token_offset for p in self.planned],
+                                                 device=device)
+        return self._offsets[device]
+
+
 @dataclass
 class CaptureDriver:
     """All capture state of one engine process, keyed by the engine's request id."""
 
     requests: dict[str, Tracked] = field(default_factory=dict)
     _plan: list[_Planned] | None = None
+    _batches: list[_DecodeBatch] = field(default_factory=list)   # this step's decode rows
     _ending: list[Tracked] = field(default_factory=list)   # failed requests ending this step
 
     # --- the request table ------------------------------------------------------------------
@@ -202,7 +227,32 @@ class CaptureDriver:
             if prefill or decode:
                 req.checked_step = False
                 plan.append(_Planned(row, req, prefill, decode))
-        self._plan = plan
+        self._plan, self._batches = self._batch_decode_rows(plan)
+
+    @staticmethod
+    def _batch_decode_rows(plan: list[_Planned]) -> tuple[list[_Planned], list[_DecodeBatch]]:
+        """Plain decode rows (one token, no prefill part) go into one batch per head set; the
+        rest (prefill chunks, the step with the prompt's last token, recomputed slices) are
+        captured request by request, after their deferred rows (keys still intact: this runs
+        before the step's forward)."""
+        single, groups = [], {}
+        for p in plan:
+            if p.decode and not p.prefill and p.row.num_tokens == 1:
+                p.req.decode.defer_step()
+                groups.setdefault(tuple(p.req.spec.heads), []).append(p)
+            else:
+                if p.decode:
+                    p.req.decode.flush()
+                single.append(p)
+        return single, [_DecodeBatch(ps, ps[0].req.decode.layers) for ps in groups.values()]
+
+    def flush_unscheduled(self, scheduled: Container[str]) -> None:
+        """Compute the deferred rows of every request not in ``scheduled`` (finished, aborted,
+        preempted or waiting): call it before the step's forward, while their blocks still
+        hold their keys (the engine may hand them to other requests in this step)."""
+        for req in self.requests.values():
+            if req.decode is not None and req.decode.pending and req.request_id not in scheduled:
+                req.decode.flush()
 
     def _prefill_step(self, req: Tracked, row: StepRow) -> bool:
         """Whether this step computes query-span rows of ``req`` (a failed request is reported
@@ -217,15 +267,18 @@ class CaptureDriver:
     @property
     def capturing(self) -> bool:
         """Whether any request of the open step wants layers (the adapter's fast exit)."""
-        return bool(self._plan)
+        return bool(self._plan) or bool(self._batches)
 
     def end_step(self) -> list[Tracked]:
         """Close the step; the requests whose prefill result it finished. They leave the table,
         unless they capture while decoding too (until :meth:`finish`)."""
-        plan, self._plan = self._plan or [], None
+        plan = (self._plan or []) + [p for b in self._batches for p in b.planned]
+        self._plan, self._batches = None, []
         for p in plan:
             if p.decode:
                 p.req.decode.end_step()
+                if p.req.decode.pending >= FLUSH_ROWS:
+                    p.req.decode.flush()          # after the forward: every key is in place
         done = [p.req for p in plan if p.prefill and p.req.capture.end_step()] + self._ending
         self._ending = []
         for req in done:
@@ -235,7 +288,9 @@ class CaptureDriver:
 
     # --- per layer --------------------------------------------------------------------------
     def on_layer(self, inp: LayerInput) -> None:
-        """Add this step's query-span rows of every request that reads ``inp.layer``."""
+        """Add this step's rows of every request that reads ``inp.layer``."""
+        if self._batches:
+            self._on_layer_batched(inp)
         for p in self._plan or ():
             parts = [cap for cap, on in ((p.req.capture, p.prefill), (p.req.decode, p.decode))
                      if on and cap.error is None and inp.layer in cap.layers]
@@ -253,6 +308,43 @@ class CaptureDriver:
                 for cap in parts:
                     cap.error = cap.error or f"{type(e).__name__}: {e}"
             p.req.seconds += time.perf_counter() - start
+
+    def _on_layer_batched(self, inp: LayerInput) -> None:
+        for batch in self._batches:
+            heads = batch.layers.get(inp.layer)
+            if heads is None:
+                continue
+            start = time.perf_counter()
+            try:
+                self._capture_batch(batch, heads, inp)
+            except Exception as e:  # never crash the engine for these requests
+                logger.exception("qrhead decode capture failed on layer %s", inp.layer)
+                for p in batch.planned:
+                    p.req.decode.error = p.req.decode.error or f"{type(e).__name__}: {e}"
+            share = (time.perf_counter() - start) / len(batch.planned)
+            for p in batch.planned:
+                p.req.seconds += share
+
+    @staticmethod
+    def _capture_batch(batch: _DecodeBatch, heads: LayerHeads, inp: LayerInput) -> None:
+        offsets = batch.offsets(inp.query.device)
+        first = batch.planned[0].req.decode
+        query = inp.query.index_select(0, offsets).index_select(
+            1, first._heads_on(inp.layer, inp.query.device))               # [R, h, D]
+        if inp.sliding_window is not None:   # now: blocks leaving the window may be freed
+            for i, p in enumerate(batch.planned):
+                cap = p.req.decode
+                cap.put(inp.layer, paged_span_mass(
+                    query[i:i + 1], inp.key_cache, inp.block_table[p.row.table_row],
+                    [p.row.first_pos], heads.kv_heads, inp.scale,
+                    cap.spans_on(query.device), inp.sliding_window))
+            return
+        written = None
+        if not batch.checked and inp.key is not None:
+            written, batch.checked = inp.key.index_select(0, offsets), True
+        for i, p in enumerate(batch.planned):
+            p.req.decode.defer(inp.layer, query, i, PagedKeys(
+                inp.key_cache, inp.block_table, p.row.table_row, inp.scale), written)
 
     def _capture(self, p: _Planned, cap: SpanCapture | DecodeCapture, inp: LayerInput,
                  keys: torch.Tensor) -> None:

@@ -25,6 +25,7 @@ from qrhead_vllm.heads import ModelFacts
 from qrhead_vllm.errors import CaptureError, InsufficientMemoryError
 from qrhead_vllm.integration.sglang.engine_args import check_pool, engine_env, engine_kwargs
 from qrhead_vllm.integration.request_spec import RequestSpec
+from qrhead_vllm.integration.sglang.capture import DECODE_REFUSAL
 from qrhead_vllm.integration.sglang.results import capture_seconds, decode_result
 
 
@@ -133,6 +134,21 @@ class SGLangBackend:
             self.engine.tokenizer_manager.abort_request(rid)
             raise
         return out
+
+    # --- generation with captures: vLLM only -----------------------------------------------
+    def generate_scored(self, real: ScoringPrompt, params, heads, null: ScoringPrompt | None = None,
+                        decode: bool = False, request_id: str | None = None):
+        """Refused with the reason (vLLM's ``AsyncVLLMBackend.generate_scored`` has it): the
+        hooks here capture extend batches only, never decode steps, so citations would be
+        empty numbers.
+
+        Raises:
+            CaptureError: always.
+        """
+        if decode:
+            raise CaptureError(DECODE_REFUSAL)
+        raise CaptureError("document scores from a generating request are not implemented on "
+                           "the SGLang engine; score with /v1/rerank, or serve the model on vLLM")
 
     # --- introspection and shutdown ---------------------------------------------------------
     def stats(self) -> dict[str, int]:

@@ -10,9 +10,12 @@ spec in ``SamplingParams.extra_args``, the layer index vLLM binds a KV cache by
 probe verified, and the results, kept under the spec's key until a client pops them
 (LRU-bounded). Everything else is :class:`~qrhead_vllm.core.driver.CaptureDriver`'s.
 
-A generating request whose spec has ``doc_spans`` stays in the driver's table while it decodes;
-its decode-time result goes under ``decode_key(key)`` when the worker learns that it ended (the
-next step's ``finished_req_ids``), or is taken as it stands when a client pops that key first:
+A generating request whose spec has ``doc_spans`` stays in the driver's table while it decodes
+(its decode rows deferred and computed in bulk, see ``core.capture.DecodeCapture``: the
+``begin_step`` hook, which runs before vLLM's forward and batch update, computes those of every
+request the step does not run); its decode-time result goes under ``decode_key(key)`` when the
+worker learns that it ended (the next step's ``finished_req_ids``), or is taken as it stands
+when a client pops that key first:
 a client pops once it has the request's final output, by then every step that emitted one of
 its tokens has run (a step after it, e.g. under async scheduling, only adds rows past the last
 token, which the client cuts off).
@@ -74,6 +77,9 @@ class VLLMCapture:
 
     # --- step boundaries (the model-runner wrapper) -------------------------------------
     def begin_step(self, runner, scheduler_output) -> None:
+        # Before this step's forward (and before vLLM re-lays its batch): requests it does not
+        # run may lose their blocks in it, so their deferred decode rows are computed now.
+        self.driver.flush_unscheduled(scheduler_output.num_scheduled_tokens)
         ended = scheduler_output.finished_req_ids                # finished or aborted
         if ended:
             self._skipped.difference_update(ended)
