@@ -93,6 +93,18 @@ def markdown(title: str, facts: dict[str, str], rows: Sequence[Row], notes: Sequ
     return "\n".join(out + ["", appendix.strip(), ""])
 
 
+def provenance_table(lines: Sequence[dict], command: str, started: str,
+                     facts: Sequence[str] = ()) -> str:
+    """A speed bench's report: date, machine, commit, command (and ``facts``), then one table
+    row per dict (its keys are the columns)."""
+    cols = list(lines[0])
+    head = [f"- **date**: {started}", f"- **machine**: {machine()}",
+            f"- **commit**: {git_commit()}", f"- **command**: `{command}`", *facts, ""]
+    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    table += ["| " + " | ".join(str(line[c]) for c in cols) + " |" for line in lines]
+    return "\n".join(head + table) + "\n"
+
+
 def bar_chart(rows: Sequence[Row], path: Path, title: str) -> None:
     """Grouped bars, one group per method; random rows get a min–max whisker over draws."""
     import matplotlib

@@ -286,3 +286,18 @@ def test_deferred_rows_whose_keys_do_not_read_back_are_an_error():
     engine.step(driver, {"a": (PROMPT, 1)}, corrupt=True)
     assert a.decode.pending == 1
     assert "self-check failed" in a.decode_result().error
+
+
+def test_rows_so_far_are_read_without_ending_the_capture():
+    w = Worker({"a": PROMPT + GENERATED - 1})
+    w.admit("a")
+    w.step({"a": (0, PROMPT)})
+    w.step({"a": (PROMPT, 1)})
+    key = decode_key("key-a")
+    early = merge_results([w.capture.peek([key])[key]], len(HEADS), "missing")
+    assert early.shape == (len(HEADS), 2, len(SPANS))
+    for pos in range(PROMPT + 1, PROMPT + GENERATED - 1):
+        w.step({"a": (pos, 1)})
+    final = merge_results([w.capture.pop([key])[key]], len(HEADS), "missing").permute(1, 0, 2)
+    torch.testing.assert_close(final, expected(w.engine, "a"), atol=1e-6, rtol=0)
+    torch.testing.assert_close(early.permute(1, 0, 2), final[:2], atol=0, rtol=0)

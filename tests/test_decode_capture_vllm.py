@@ -133,7 +133,8 @@ def test_prefill_of_a_generating_request_equals_the_scoring_request(backend, eng
     assert engine_loop.run_until_complete(backend.stats_async()) == [{"active": 0, "done": 0}]
 
 
-def test_a_generation_cancelled_mid_decode_leaves_nothing(backend, engine_loop, hotpotqa_split):
+def test_rows_so_far_then_a_cancel_mid_decode_leaves_nothing(backend, engine_loop,
+                                                              smollm2_backend, hotpotqa_split):
     real, null = prompts(backend.tokenizer, hotpotqa_split[1][2])
 
     async def scenario():
@@ -143,14 +144,19 @@ def test_a_generation_cancelled_mid_decode_leaves_nothing(backend, engine_loop, 
             outputs += 1
             if outputs == 3:
                 break
+        so_far = await gen.decode_mass_so_far()     # streamed citations read these
         assert (await backend.stats_async())[0]["active"] >= 1     # still decoding, captured
         await gen.aclose()
         # the workers learn of the abort with the next step
         async for _ in backend.engine.generate({"prompt": "Hello"}, greedy(1), request_id="h"):
             pass
-        return await backend.stats_async()
+        return so_far, await backend.stats_async()
 
-    assert engine_loop.run_until_complete(scenario()) == [{"active": 0, "done": 0}]
+    so_far, stats = engine_loop.run_until_complete(scenario())
+    assert stats == [{"active": 0, "done": 0}]
+    assert so_far.mass.shape == (3, len(HEADS), len(real.doc_spans))
+    want = smollm2_backend.decode_mass(real.token_ids, so_far.token_ids, HEADS, real.doc_spans)
+    assert (so_far.mass - want).abs().max() <= ATOL
 
 
 def test_n_above_one_is_refused(backend, hotpotqa_split):

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))   # `python bench/speed/decode_capture.py`
 
-from bench.report import git_commit, machine, now  # noqa: E402
+from bench.report import now, provenance_table  # noqa: E402
 from bench.speed.timing import rotated  # noqa: E402
 
 BAR = 1.05          # issue 26: time per output token with citations <= 1.05 x plain
@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--json", type=Path, help="write the raw rows here")
+    p.add_argument("--out", type=Path, help="write the markdown report here too")
     return p.parse_args(argv)
 
 
@@ -150,26 +151,21 @@ def summary(rows: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict], command: str, started: str) -> str:
-    lines = summary(rows)
-    cols = list(lines[0])
-    head = [f"- **date**: {started}", f"- **machine**: {machine()}",
-            f"- **commit**: {git_commit()}", f"- **command**: `{command}`",
-            f"- **heads**: {rows[0]['heads']} (shipped), documents per prompt: {rows[0]['docs']}",
-            ""]
-    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    table += ["| " + " | ".join(str(l[c]) for c in cols) + " |" for l in lines]
-    return "\n".join(head + table) + "\n"
+    return provenance_table(summary(rows), command, started, [
+        f"- **heads**: {rows[0]['heads']} (shipped), documents per prompt: {rows[0]['docs']}"])
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     command = "python bench/speed/decode_capture.py " + shlex.join(argv or sys.argv[1:])
-    started, rows = now(), []
-    for dtype in args.dtypes.split(","):
-        rows += asyncio.run(bench_engine(args, dtype))
+    started = now()
+    rows = [r for dtype in args.dtypes.split(",") for r in asyncio.run(bench_engine(args, dtype))]
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
-    print(markdown(rows, command.strip(), started))
+    report = markdown(rows, command.strip(), started)
+    if args.out:
+        args.out.write_text(report)
+    print(report)
 
 
 if __name__ == "__main__":

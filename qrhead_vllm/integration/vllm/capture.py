@@ -126,6 +126,17 @@ class VLLMCapture:
         _bound(self.abandoned, MAX_ABANDONED)
         return found
 
+    def peek(self, keys: list[str]) -> dict[str, dict]:
+        """The decode-time rows so far of requests still decoding (``decode_key`` keys), left
+        in place: streamed citations read them as sentences close. Between steps, so the
+        deferred rows computed here read intact blocks."""
+        found = {k: self.done[k] for k in keys if k in self.done}
+        for k in keys:
+            req = self.driver.requests.get(self._decoding.get(k))
+            if req is not None and k not in found:
+                found[k] = encode_result(req, decode=True)
+        return found
+
     def stats(self) -> dict[str, int]:
         """Scoring requests in the driver's table (generating ones with decode-time capture
         until they end) and results no client has taken yet."""

@@ -72,10 +72,14 @@ class ScoredGeneration:
         self._prefill: asyncio.Task | None = None
         self._ended = False
         self._closed = False
+        self._iterating = False
         self._started = time.perf_counter()
 
     # --- the generation ---------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[Any]:
+        if self._iterating:
+            raise RuntimeError("a ScoredGeneration is one request: iterate it once")
+        self._iterating = True
         return self._outputs()
 
     async def _outputs(self):
@@ -136,6 +140,17 @@ class ScoredGeneration:
         return finish_request(replies, req, self.key, null_key, null_hits,
                               self._backend.facts.model_id, self._started)
 
+    async def decode_mass_so_far(self) -> DecodeMass:
+        """The decode-time span mass of the tokens generated so far (for citations streamed as
+        sentences close); the capture goes on.
+
+        Raises:
+            RuntimeError: without ``decode``. CaptureError: as :meth:`decode_mass`.
+        """
+        if not self.decode:
+            raise RuntimeError("decode_mass_so_far() needs decode=True")
+        return await self._decode_rows("qrhead_peek", list(self._token_ids))
+
     async def decode_mass(self) -> DecodeMass:
         """The decode-time span mass of every generated token; call it once the iteration
         ended.
@@ -146,16 +161,22 @@ class ScoredGeneration:
         """
         if not self.decode or not self._ended:
             raise RuntimeError("decode_mass() needs decode=True and a generation that ended")
+        out = await self._decode_rows("qrhead_pop", self._token_ids)
+        self.decode = False   # taken: aclose() has nothing left to drop
+        return out
+
+    async def _decode_rows(self, rpc: str, token_ids: list[int]) -> DecodeMass:
+        """The workers' rows for the first ``len(token_ids)`` generated tokens (a worker may
+        hold rows past them: a step already under way when the client stopped reading)."""
         key = decode_key(self.key)
-        replies = await self._engine.collective_rpc("qrhead_pop", args=([key],))
+        replies = await self._engine.collective_rpc(rpc, args=([key],))
         rows = merge_results((r.get(key) for r in replies), len(self.request.heads),
                              f"decode-time capture for request {key} is missing")   # [H, R, N]
-        g = len(self._token_ids)
+        g = len(token_ids)
         if rows.shape[1] < g:
             raise CaptureError(f"decode-time capture holds {rows.shape[1]} rows for {g} "
                                "generated tokens (decode steps ran without the attention hook)")
-        self.decode = False   # taken: aclose() has nothing left to drop
-        return DecodeMass(rows[:, :g].permute(1, 0, 2).contiguous(), tuple(self._token_ids))
+        return DecodeMass(rows[:, :g].permute(1, 0, 2).contiguous(), tuple(token_ids))
 
 
 def _retrieved(task: asyncio.Task) -> None:

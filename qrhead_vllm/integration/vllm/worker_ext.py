@@ -18,6 +18,10 @@ class QRHeadWorkerExtension:
         """Take (and forget) the finished captures named by ``keys`` on this rank."""
         return STORE.pop(list(keys))
 
+    def qrhead_peek(self, keys: list[str]) -> dict[str, dict]:
+        """The decode-time rows so far of ``keys`` on this rank, left in place."""
+        return STORE.peek(list(keys))
+
     def qrhead_stats(self) -> dict[str, int]:
         """Buffers held on this rank: in-progress accumulators and unclaimed results."""
         return STORE.stats()
