@@ -328,6 +328,12 @@ class DecodeCapture(_SelectedHeads):
         self._pending_pos, self._pending, self._pending_check = [], {}, []
         if not positions or self.error is not None:
             return
+        try:
+            self._compute(positions, pending, checks)
+        except Exception as e:  # runs between engine steps: fail this request, not the engine
+            self.error = f"deferred decode rows: {type(e).__name__}: {e}"
+
+    def _compute(self, positions: list[int], pending: dict, checks: list) -> None:
         for layer, entries in pending.items():
             where, heads = self._where[layer], self.layers[layer]
             query = torch.stack([q[i] for q, i in entries])                       # [n, h, D]
