@@ -74,6 +74,7 @@ def test_todo_skips_questions_already_in_the_jsonl(tmp_path):
     path = tmp_path / "out" / "citations-x.jsonl"
     docs = (Document("t", None, "d0"),)
     items = [(Example(q, "q?", docs), ()) for q in ("a", "b", "c")]
-    assert [e.qid for e, _ in todo(path, items)] == ["a", "b", "c"]
-    path.write_text(json.dumps({"qid": "b"}) + "\n")
-    assert [e.qid for e, _ in todo(path, items)] == ["a", "c"]
+    assert [e.qid for e, _ in todo(path, items, "m1")] == ["a", "b", "c"]
+    path.write_text(json.dumps({"qid": "b", "model": "m1"}) + "\n"
+                    + json.dumps({"qid": "c", "model": "m2"}) + "\n")
+    assert [e.qid for e, _ in todo(path, items, "m1")] == ["a", "c"]     # c: another model's

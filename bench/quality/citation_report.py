@@ -177,23 +177,30 @@ def at2_summary(results: Path, model: str, used: dict) -> str:
             "fitted by the package's Pearson-correlation loss, 1000 full-batch Adam steps.")
 
 
-def write_report(results: Path, out: Path, model: str) -> None:
+def model_sections(results: Path, model: str) -> list[str]:
+    """One model's tables (one per data set) and its AT2 training line."""
     from transformers import AutoConfig
     from qrhead_vllm.models import resolve_model
     cfg = AutoConfig.from_pretrained(resolve_model(model).path)
     facts = (cfg.num_hidden_layers, cfg.num_attention_heads)
     weights, used = train_weights(results, model, facts)
     rows = all_rows(model, facts, weights)
-    parts = [f"# Citation quality ({model})", "",
-             f"Written {now()} on {machine()}, commit {git_commit()}.", "",
-             f"Report: `{' '.join(shlex.quote(a) for a in sys.argv)}`", ""]
+    parts = []
     for dataset, name in DATA.items():
         records = [r for r in read_jsonl(results / f"citations-{dataset}.jsonl")
                    if r["model"] == model]
         if records:
-            parts += [f"## {name} (evaluation half)", "", answer_summary(records), "",
+            parts += [f"## {model}: {name}, evaluation half", "", answer_summary(records), "",
                       table(records, model, rows), "", "Runs: " + "; ".join(
                           sorted({f"`{r['command']}` ({r['dtype']})" for r in records})), ""]
-    parts += [NOTES, at2_summary(results, model, used), ""]
-    out.write_text("\n".join(parts))
+    return parts + [at2_summary(results, model, used), ""]
+
+
+def write_report(results: Path, out: Path, models: list[str]) -> None:
+    parts = ["# Citation quality: which documents did the answer come from?", "",
+             f"Written {now()} on {machine()}, commit {git_commit()}.", "",
+             f"Report: `{' '.join(shlex.quote(a) for a in sys.argv)}`", ""]
+    for model in models:
+        parts += model_sections(results, model)
+    out.write_text("\n".join(parts + [NOTES]))
     print(out.read_text())

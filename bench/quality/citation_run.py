@@ -37,11 +37,13 @@ def mass_path(model: str, dataset: str, qid: str, stage: str = "eval") -> Path:
     return CACHE / model / stage / dataset / f"{qid}.pt"
 
 
-def todo(path: Path, items: Sequence[tuple[Example, tuple]]) -> Iterable[tuple[Example, tuple]]:
-    """The items whose question id is not yet in the JSONL at ``path``."""
+def todo(path: Path, items: Sequence[tuple[Example, tuple]], model: str
+         ) -> Iterable[tuple[Example, tuple]]:
+    """The items whose question id ``model`` has not yet answered in the JSONL at ``path``."""
     done = set()
     if path.exists():
-        done = {json.loads(l)["qid"] for l in path.read_text().splitlines() if l.strip()}
+        done = {r["qid"] for r in map(json.loads, path.read_text().splitlines())
+                if r.get("model") == model}
     path.parent.mkdir(parents=True, exist_ok=True)
     return [(e, a) for e, a in items if e.qid not in done]
 

@@ -55,7 +55,8 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=("run", "train-at2", "report"))
     p.add_argument("--data", default="hotpotqa", choices=tuple(DATA))
-    p.add_argument("--model", default="qwen2.5-coder-0.5b")
+    p.add_argument("--model", default="qwen2.5-coder-0.5b",
+                   help="a bundled model (report: several, comma-separated)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--limit", type=int, default=10, help="first N questions of the half")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     results = Path(args.results)
     if args.stage == "report":
-        write_report(results, Path(args.out), args.model)
+        write_report(results, Path(args.out), args.model.split(","))
         return
     t0 = time.perf_counter()
     bench = Bench(args.model, args.dtype, args.max_new_tokens, args.ablations)
@@ -90,7 +91,7 @@ def main(argv=None) -> None:
         path = results / f"citations-at2-train-{args.data}.jsonl"
         items = [(e, ()) for e in split_examples(load_shared(args.data))[0][:args.limit]]
         step = train_example
-    for example, answers in todo(path, items):
+    for example, answers in todo(path, items, args.model):
         if time.perf_counter() - t0 > args.budget_s:
             print(f"budget of {args.budget_s:.0f}s spent: stopping", file=sys.stderr)
             break
