@@ -49,7 +49,8 @@ def main() -> None:
         sources = ", ".join(f"[{i}] {s:.0%}" for i, s in zip(c["document_indices"], c["shares"]))
         print(f"  {c['text']!r} <- {sources}")
 
-    # Streamed: the scores arrive with the first chunk, the citations just before the end.
+    # Streamed: the scores arrive with the first chunk, each sentence's citation as soon as
+    # the sentence is complete.
     print("streamed: ", end="", flush=True)
     for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=48,
                                                 temperature=0, stream=True,
@@ -59,8 +60,9 @@ def main() -> None:
             print(f"(best document: [{extra['documents'][0]['index']}]) ", end="")
         if chunk.choices:
             print(chunk.choices[0].delta.content or "", end="", flush=True)
-        if "citations" in extra:
-            print(f"\ncited, streamed: {[c['document_indices'] for c in extra['citations']]}")
+        for c in extra.get("citations", []):
+            print(f" [cites {c['document_indices']}]", end="", flush=True)
+    print()
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ top-level object, ``qrhead``::
      "prompt_tokens": 812,                                           # real + null prefill
      "citations": [{"start", "end", "text", "document_indices", "shares", "tokens"}]}
 
-Streamed: the first chunk carries everything but the citations; one chunk with ``choices: []``
-and ``qrhead: {"citations": [...]}`` comes after the last token, before ``data: [DONE]``.
+Streamed: the first chunk carries everything but the citations; each sentence's citation
+follows in a chunk with ``choices: []`` and ``qrhead: {"citations": [...]}`` once the sentence
+closes (the last one's before ``data: [DONE]``); together they are the non-streamed citations.
 Citations (qrhead_vllm/core/citations.py) come from the selected heads' attention of each
 generated token over the documents, captured while decoding; ``"citations": false`` turns that
 capture off.
@@ -39,6 +40,7 @@ null``) can do it: elsewhere the engine answers 501 saying why.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -49,6 +51,7 @@ from qrhead_vllm.serve.errors import APIError, validation_message
 from qrhead_vllm.serve.rerank import normalise_document
 from qrhead_vllm.serve.scoring import ScoringFields
 
+logger = logging.getLogger(__name__)
 CHAT_PATH = "v1/chat/completions"
 EXAMPLE = ('{"model": "smollm2-135m", "messages": [{"role": "user", "content": "Who ...?"}], '
            '"documents": ["...", {"title": "...", "text": "..."}]}')
@@ -162,26 +165,34 @@ def citations_chunk(template: dict[str, Any], citations: list[dict[str, Any]]) -
     return sse(keep | {"choices": [], "qrhead": {"citations": citations}})
 
 
-async def stream_with_extension(chunks: AsyncIterator[str], scores, citations
+async def stream_with_extension(chunks: AsyncIterator[str], scores, closed=None, rest=None
                                 ) -> AsyncIterator[bytes]:
     """vLLM's SSE chunks (strings) with the scores in the first event and the citations in
-    their own event before ``data: [DONE]``. ``scores()`` and ``citations()`` are awaited when
-    needed (the first chunk; the end of the generation), ``citations`` may be None."""
+    events of their own: ``await closed()`` after each chunk gives the citations of the
+    sentences that chunk closed (usually none), ``await rest()`` before ``data: [DONE]`` the
+    remaining ones. ``closed``/``rest`` None: no citations."""
     first: dict[str, Any] | None = None
     async for chunk in chunks:
         if first is None:
             first = sse_event(chunk) or {}
-            yield first_chunk_with(chunk, await scores())
+            try:
+                yield first_chunk_with(chunk, await scores())
+            except Exception as e:              # noqa: BLE001 - the answer still streams
+                yield chunk.encode() + failed("scores", e)
+                rest = None
             continue
         head, done, tail = chunk.encode().partition(DONE)
-        if not done:
-            yield chunk.encode()
-            continue
         if head:
             yield head
-        if citations is not None:
-            yield citations_chunk(first, await citations())
-        yield done + tail
+        try:
+            new = None if rest is None else await (rest() if done else closed())
+        except Exception as e:                  # noqa: BLE001 - the answer still streams
+            new, rest = None, None              # no more tries
+            yield failed("citations", e)
+        if new:
+            yield citations_chunk(first, new)
+        if done:
+            yield done + tail
 
 
 class ScoredAnswer:
@@ -195,6 +206,8 @@ class ScoredAnswer:
         self.ranker, self.scoring, self.info, self.client = ranker, scoring, info, client
         self._scores: list[float] | None = None
         self._extension: dict[str, Any] | None = None
+        self._closed = 0        # sentences closed when the stream last asked
+        self._given = 0         # citations given so far
 
     async def scores(self) -> dict[str, Any]:
         """The ``qrhead`` object of the document scores (computed once)."""
@@ -208,16 +221,39 @@ class ScoredAnswer:
         return self._extension
 
     async def citations(self) -> list[dict[str, Any]]:
-        """The answer's citations (qrhead_vllm/core/citations.py), once the generation ended."""
+        """The citations not yet given (all of them unless :meth:`closed_citations` gave
+        some), once the generation ended."""
+        return await self._new_citations(await self.client.gen.decode_mass(), None)
+
+    async def closed_citations(self) -> list[dict[str, Any]]:
+        """Mid-stream: the citations of the sentences closed since the last call (none
+        without a new one, and then no call to the engine)."""
+        from qrhead_vllm.core.citations import closed_sentences    # torch: engine side only
+        if closed_sentences(self.client.text) <= self._closed:
+            return []
+        self._closed = closed_sentences(self.client.text)
+        return await self._new_citations(await self.client.gen.decode_mass_so_far(),
+                                          self._closed)
+
+    async def _new_citations(self, decoded, sentences: int | None) -> list[dict[str, Any]]:
         import torch
 
         from qrhead_vllm.core.citations import cite, token_offsets
         await self.scores()
-        decoded = await self.client.gen.decode_mass()
         text = self.client.text
         offsets = token_offsets(self.ranker.backend.tokenizer, decoded.token_ids, text)
-        return [c.as_dict() for c in cite(decoded.mass, offsets, text,
-                                            torch.tensor(self._scores))]
+        cited = cite(decoded.mass, offsets, text, torch.tensor(self._scores),
+                     sentences=sentences)
+        new, self._given = cited[self._given:], len(cited)
+        return [c.as_dict() for c in new]
+
+
+def failed(what: str, exc: Exception) -> bytes:
+    """An error event in vLLM's stream shape for a part of the extension that failed while the
+    answer streams on (logged with its traceback)."""
+    logger.error("%s failed mid-stream", what, exc_info=exc)
+    return sse({"error": {"message": f"{what} failed: {type(exc).__name__}: {exc}",
+                          "type": "internal_error", "param": None, "code": 500}})
 
 
 def sse_event(chunk: str | bytes) -> dict[str, Any] | None:

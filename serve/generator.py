@@ -182,8 +182,8 @@ async def chat_with_documents(serving_chat, retriever, req, options) -> AsyncIte
             yield with_extension(result.model_dump(), extension)
         else:
             yield {"status": 200, "headers": [("content-type", "text/event-stream")]}
-            async for chunk in stream_with_extension(result, answer.scores,
-                                                     answer.citations if cite else None):
+            cited = (answer.closed_citations, answer.citations) if cite else (None, None)
+            async for chunk in stream_with_extension(result, answer.scores, *cited):
                 yield chunk
     finally:
         await answer.client.close()

@@ -83,28 +83,52 @@ def _chunk(content: str | None, cid: str = "chatcmpl-1") -> str:
         + "\n\n"
 
 
-def test_stream_gets_scores_first_and_citations_before_done():
+def test_stream_gets_scores_first_and_citations_as_sentences_close():
     async def chunks():
-        for c in [_chunk(None), _chunk("Paris."), "data: [DONE]\n\n"]:
+        for c in [_chunk(None), _chunk("Paris."), _chunk(" It"), _chunk(" is."),
+                  "data: [DONE]\n\n"]:
             yield c
 
     async def scores():
         return {"documents": [{"index": 0, "score": 1.0, "rank": 1}]}
 
-    async def citations():
-        return [{"start": 0, "end": 6, "text": "Paris.", "document_indices": [0]}]
+    asked = []
+
+    async def closed():                         # the route's: new closed sentences only
+        asked.append("closed")
+        return [{"text": "Paris."}] if len(asked) == 2 else []
+
+    async def rest():
+        return [{"text": "It is."}]
 
     async def run():
-        return [c async for c in stream_with_extension(chunks(), scores, citations)]
+        return [c async for c in stream_with_extension(chunks(), scores, closed, rest)]
+
+    events = [b.decode().removeprefix("data: ").strip() for b in asyncio.run(run())]
+    objects = [json.loads(e) if e != "[DONE]" else e for e in events]
+    assert objects[0]["qrhead"]["documents"][0]["index"] == 0
+    assert "qrhead" not in objects[1] and "qrhead" not in objects[2]
+    # " It" closed "Paris.": its citation follows that chunk; the rest comes before [DONE].
+    assert objects[3]["choices"] == [] and objects[3]["id"] == "chatcmpl-1"
+    assert objects[3]["qrhead"]["citations"] == [{"text": "Paris."}]
+    assert objects[5]["qrhead"]["citations"] == [{"text": "It is."}]
+    assert objects[-1] == "[DONE]" and len(objects) == 7 and asked == ["closed"] * 3
+
+
+def test_stream_without_citations_passes_chunks_through():
+    async def chunks():
+        for c in [_chunk(None), _chunk("Paris."), "data: [DONE]\n\n"]:
+            yield c
+
+    async def scores():
+        return {"documents": []}
+
+    async def run():
+        return [c async for c in stream_with_extension(chunks(), scores)]
 
     out = asyncio.run(run())
-    events = [b.decode().removeprefix("data: ").strip() for b in out]
-    first, second, cited, done = events
-    assert json.loads(first)["qrhead"]["documents"][0]["index"] == 0
-    assert "qrhead" not in json.loads(second)
-    cited = json.loads(cited)
-    assert cited["choices"] == [] and cited["id"] == "chatcmpl-1"
-    assert cited["qrhead"]["citations"][0]["text"] == "Paris." and done == "[DONE]"
+    assert len(out) == 3 and out[1] == _chunk("Paris.").encode()
+    assert out[-1] == b"data: [DONE]\n\n"
 
 
 class ToyTokenizer:
@@ -121,3 +145,22 @@ def test_token_offsets_follow_the_decoded_prefixes_and_clip_to_the_text():
     assert token_offsets(tok, [1, 2, 3, 0], "Paris is.") == [(0, 5), (5, 8), (8, 9), (9, 9)]
     # a stop string cut the text after " is": later tokens get empty spans at its end
     assert token_offsets(tok, [1, 2, 4], "Paris is") == [(0, 5), (5, 8), (8, 8)]
+
+
+def test_a_failed_capture_becomes_an_error_event_and_the_answer_streams_on():
+    async def chunks():
+        for c in [_chunk(None), _chunk("Paris."), "data: [DONE]\n\n"]:
+            yield c
+
+    async def scores():
+        raise RuntimeError("capture lost")
+
+    async def never():
+        raise AssertionError("no citations after the scores failed")
+
+    async def run():
+        return [c async for c in stream_with_extension(chunks(), scores, never, never)]
+
+    out = b"".join(asyncio.run(run())).decode()
+    assert '"scores failed: RuntimeError: capture lost"' in out
+    assert '"content": "Paris."' in out and out.endswith("data: [DONE]\n\n")

@@ -87,8 +87,15 @@ def test_streamed_scores_first_then_citations_before_done(serve_app, client):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
     cited = [c for c in chunks if (c.model_extra or {}).get("qrhead", {}).get("citations")]
-    assert len(cited) == 1 and cited[0].choices == [] and cited[0].id == chunks[0].id
-    check_citations(cited[0].model_extra["qrhead"]["citations"], text, len(DOCUMENTS))
+    assert cited and all(c.choices == [] and c.id == chunks[0].id for c in cited)
+    streamed = [x for c in cited for x in c.model_extra["qrhead"]["citations"]]
+    check_citations(streamed, text, len(DOCUMENTS))
+    # sentence by sentence as they closed, the same citations as the whole answer's
+    whole = full.model_extra["qrhead"]["citations"]
+    assert [(c["start"], c["end"], c["document_indices"]) for c in streamed] == \
+        [(c["start"], c["end"], c["document_indices"]) for c in whole]
+    assert [c["shares"] for c in streamed] == pytest.approx([c["shares"] for c in whole],
+                                                            abs=1e-5)
 
 
 @pytest.mark.parametrize("body,words", [
