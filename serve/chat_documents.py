@@ -32,9 +32,9 @@ generated token over the documents, captured while decoding; ``"citations": fals
 capture off.
 
 The ingress parses and checks the request (:func:`parse_document_chat`, 400s naming the
-field); the engine server builds the prompt and generates through vLLM's own chat serving
-(serve/generator.py:ScoredChat). Only a vLLM engine that plays both roles (``generator:
-null``) can do it: elsewhere the engine answers 501 saying why.
+field); the engine server builds the prompt and generates through a copy of vLLM's own chat
+serving (serve/generator.py:chat_with_documents). Only a vLLM engine that plays both roles
+(``generator: null``) can do it: elsewhere the engine answers 501 saying why.
 """
 
 from __future__ import annotations
