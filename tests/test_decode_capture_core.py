@@ -141,11 +141,12 @@ class Worker:
         self.capture.begin_step(None, SimpleNamespace(
             finished_req_ids=set(finished),
             num_scheduled_tokens={rid: n for rid, (_, n) in chunks.items()}))
-        if chunks:
-            self.engine.step(_EndLeftToAdapter(self.capture.driver), chunks)
-        else:                              # an empty step: it only carries the finished ids
-            self.capture.driver.begin_step([])
-        self.capture.end_step()
+        with torch.inference_mode():       # as vLLM runs its steps; clients read outside it
+            if chunks:
+                self.engine.step(_EndLeftToAdapter(self.capture.driver), chunks)
+            else:                          # an empty step: it only carries the finished ids
+                self.capture.driver.begin_step([])
+            self.capture.end_step()
 
 
 class _EndLeftToAdapter:

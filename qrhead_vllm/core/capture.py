@@ -329,7 +329,10 @@ class DecodeCapture(_SelectedHeads):
         if not positions or self.error is not None:
             return
         try:
-            self._compute(positions, pending, checks)
+            # the buffers were made inside the engine's forward (inference mode); a flush
+            # between steps (a client reading the rows) must be allowed to update them
+            with torch.inference_mode():
+                self._compute(positions, pending, checks)
         except Exception as e:  # runs between engine steps: fail this request, not the engine
             self.error = f"deferred decode rows: {type(e).__name__}: {e}"
 
