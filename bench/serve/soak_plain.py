@@ -31,7 +31,8 @@ def plain_vllm_command(cfg, port: int) -> tuple[list[str], dict[str, str]]:
             argv.append(flag)
         elif value is not False and value is not None:
             argv += [flag, str(value)]
-    env = {**os.environ, envs.ENABLED: "0",
+    from qrhead_vllm.integration.engine_env import cpu_engine_env
+    env = {**os.environ, **cpu_engine_env(), envs.ENABLED: "0",
            THREADS_BIND: os.environ.get(THREADS_BIND) or cpu_thread_binding(1)}
     return argv, env
 

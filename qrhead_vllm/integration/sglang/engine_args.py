@@ -22,7 +22,7 @@ from typing import Any
 
 from qrhead_vllm.errors import InsufficientMemoryError
 from qrhead_vllm.heads import ModelFacts
-from qrhead_vllm.integration.engine_env import on_cpu, scoped_env
+from qrhead_vllm.integration.engine_env import cpu_engine_env, on_cpu, scoped_env
 from qrhead_vllm.integration.memory import (DEFAULT_KV_CACHE_SEQUENCES, GiB, plan_cpu_memory,
                                             weight_bytes)
 from qrhead_vllm.integration.sglang.kv_layout import check_server_args
@@ -49,7 +49,7 @@ def engine_env(qrhead: bool = True):
     from qrhead_vllm.plugin_sglang import register
     if on_cpu():
         os.environ.setdefault(CPU_ENGINE, "1")
-    return scoped_env({}, register if qrhead else None)
+    return scoped_env(cpu_engine_env(), register if qrhead else None)
 
 
 def engine_kwargs(model_path: str, dtype: str, *, qrhead: bool = True,

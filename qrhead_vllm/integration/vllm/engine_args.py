@@ -14,7 +14,8 @@ from typing import Any
 
 from qrhead_vllm.errors import EngineCompatibilityError
 from qrhead_vllm.heads import ModelFacts
-from qrhead_vllm.integration.engine_env import on_cpu, scoped_env
+from qrhead_vllm.integration.engine_env import (CPU_ENGINE_ENV, cpu_engine_env, on_cpu,
+                                                scoped_env)
 from qrhead_vllm.integration.memory import (DEFAULT_KV_CACHE_SEQUENCES, MemoryPlan,
                                             plan_cpu_memory, weight_bytes)
 from qrhead_vllm.integration.vllm import WORKER_EXTENSION
@@ -36,7 +37,8 @@ def cpu_thread_binding(tensor_parallel_size: int = 1, cpus: int | None = None) -
 
 
 RAY_ENV_TO_COPY = "VLLM_RAY_EXTRA_ENV_VARS_TO_COPY"
-QRHEAD_WORKER_ENV = ("QRHEAD_ENABLED", "QRHEAD_SKIP_VERSION_CHECK")  # what workers' plugins read
+# what workers' plugins read, and the CPU workers' memory bounds (engine_env.py)
+QRHEAD_WORKER_ENV = ("QRHEAD_ENABLED", "QRHEAD_SKIP_VERSION_CHECK", *CPU_ENGINE_ENV)
 
 
 def engine_env(tensor_parallel_size: int = 1, qrhead: bool = True):
@@ -45,11 +47,12 @@ def engine_env(tensor_parallel_size: int = 1, qrhead: bool = True):
 
     QRHead on (``QRHEAD_ENABLED=1``, hooks installed here) for hooked engines, and on CPU every
     core used by the worker(s) (vLLM's CPU default reserves one of two cores for the front end,
-    halving prefill speed).
+    halving prefill speed), with oneDNN's primitive cache and glibc's mmap threshold fixed
+    (``cpu_engine_env``: the worker's memory stays flat under varied traffic).
     """
     from qrhead_vllm.plugin import register
     bind = os.environ.get(THREADS_BIND) or cpu_thread_binding(tensor_parallel_size)
-    wanted = {THREADS_BIND: bind}
+    wanted = {THREADS_BIND: bind, **cpu_engine_env()}
     if qrhead:
         wanted[RAY_ENV_TO_COPY] = ray_env_to_copy()
     return scoped_env(wanted, register if qrhead else None)
