@@ -23,6 +23,7 @@ DEFAULT_HEADS = {
 # answer to its documents. Pass the name as heads= where citations are scored.
 CITATION_HEADS = {
     "smollm2-135m": "smollm2-135m-hotpotqa-cite",
+    "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-hotpotqa-cite",
 }
 
 
