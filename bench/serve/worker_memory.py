@@ -6,9 +6,11 @@ fits two suspects: glibc malloc keeping freed activation buffers of ever new siz
 dynamic mmap threshold moves large buffers onto the heap after the first free), and oneDNN's
 primitive caches (vLLM's CPU linear layers keep 32 primitives per layer, keyed by token count).
 This bench starts plain vLLM (the app engine's arguments, ``QRHEAD_ENABLED=0``) once per
-variant, sends the same seeded prompts of random lengths (random token ids: no prefix-cache
-hits, so every prefill's token count is the prompt's), and samples the worker's RSS. Growth is
-measured against requests served, not time, so the figures do not depend on the box's speed.
+variant, each from vLLM's own defaults (``both`` is what our engines start with since this
+bench found it: qrhead_vllm/integration/engine_env.py), sends the same seeded prompts of random
+lengths (random token ids: no prefix-cache hits, so every prefill's token count is the
+prompt's), and samples the worker's RSS. Growth is measured against requests served, not time,
+so the figures do not depend on the box's speed (the box was shared when they were taken).
 
     python bench/serve/worker_memory.py --requests 300 --out docs/results/worker_memory.md
 """
@@ -29,13 +31,14 @@ sys.path.insert(0, str(ROOT))   # `python bench/serve/worker_memory.py`
 
 from bench.report import git_commit, machine, now  # noqa: E402
 
-VARIANTS = {
-    "default": {},
+VARIANTS = {        # each starts from vLLM's own defaults: none of the settings below is set
+    "none": {},
     "MALLOC_ARENA_MAX=2": {"MALLOC_ARENA_MAX": "2"},
     "MALLOC_MMAP_THRESHOLD_=65536": {"MALLOC_MMAP_THRESHOLD_": "65536"},
     "ONEDNN_PRIMITIVE_CACHE_CAPACITY=64": {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
     "both": {"MALLOC_MMAP_THRESHOLD_": "65536", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64"},
 }
+SETTINGS = {name for env in VARIANTS.values() for name in env}
 MB = 1024 * 1024
 
 
@@ -65,6 +68,7 @@ def start(cfg, env_extra: dict[str, str]) -> tuple[str, subprocess.Popen]:
 
     port = free_port()
     argv, env = plain_vllm_command(cfg, port)
+    env = {k: v for k, v in env.items() if k not in SETTINGS}   # not the engines' defaults
     proc = subprocess.Popen(argv, env={**env, **env_extra}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
