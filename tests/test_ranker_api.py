@@ -194,6 +194,19 @@ def test_cli_json_output_for_a_jsonl_file(rerank, tmp_path):
     assert [r["rank"] for r in data["results"]] == [1, 2, 3]
 
 
+def test_cli_method_icr_is_every_head_and_refuses_a_head_set(rerank, tmp_path):
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps(DICTS))
+    args = ("--query", QUERY, "--docs", str(path), "--json")
+    code, out, err = rerank("--method", "icr", *args)
+    assert code == 0, err
+    icr = json.loads(out)
+    _, out, _ = rerank("--heads", "all", *args)
+    assert icr["method"] == "icr" and icr["results"] == json.loads(out)["results"]
+    code, _, err = rerank("--method", "icr", "--heads", "smollm2-135m-hotpotqa", *args)
+    assert code == 2 and "scores with every head; leave heads unset" in err
+
+
 def test_cli_accepts_a_json_list_of_strings(rerank, tmp_path):
     path = tmp_path / "docs.json"
     path.write_text(json.dumps(TEXTS))

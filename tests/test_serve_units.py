@@ -123,6 +123,26 @@ def test_rerank_parsing_normalises_documents():
         parse_rerank({"query": "q", "documents": ["a"], "qrhead": {"bogus": 1}})
 
 
+def test_a_request_gets_one_scoring_options_with_the_server_defaults():
+    from qrhead_vllm.serve.scoring import request_options
+    cfg = QRHeadServeConfig.model_validate({"retriever": {"heads": [[1, 2], [3, 4]],
+                                                          "calibrate": False}}).retriever
+    assert request_options(None, cfg) == ScoringOptions("qrhead", ((1, 2), (3, 4)), False)
+    req = parse_rerank({"query": "q", "documents": ["a"], "qrhead": {"method": "icr"}})
+    assert request_options(req.qrhead, cfg) == ScoringOptions("icr", "all", False)
+    named = parse_rerank({"query": "q", "documents": ["a"],
+                          "qrhead": {"method": "icr", "heads": "smollm2-135m-hotpotqa"}})
+    with pytest.raises(APIError, match="every head; leave heads unset") as err:
+        request_options(named.qrhead, cfg)
+    assert err.value.status == 400
+    with pytest.raises(APIError) as err:
+        parse_rerank({"query": "q", "documents": ["a"], "qrhead": {"method": "bm25"}})
+    assert "qrhead.method: Input should be 'qrhead' or 'icr'" in err.value.message
+    with pytest.raises(APIError, match="unknown head set '/etc/passwd'"):
+        request_options(parse_rerank({"query": "q", "documents": ["a"], "qrhead": {
+            "heads": "/etc/passwd"}}).qrhead, cfg)
+
+
 def test_split_context_paragraphs_then_words():
     text = "one two three\n\n  \n\n" + " ".join(f"w{i}" for i in range(25))
     parts = split_context(text, max_words=10)
@@ -214,6 +234,8 @@ async def _ingress_routes_and_error_shape():
     assert options == ScoringOptions("qrhead", None, True)     # the server's defaults
     assert (out["passages"][0]["start"], out["passages"][0]["end"]) == (0, 1)
     assert set(out["timings"]) == {"retrieval_s", "generation_s"}
+    mode = await client.post("/v1/answer", json={"question": "q", "context": "a", "mode": "x"})
+    assert mode.status_code == 400 and "retrieve_then_answer" in mode.json()["error"]["message"]
     over = await client.post("/v1/answer", json={"question": "q", "context": "a\n\nb",
                                                  "top_k": 3})
     assert over.status_code == 400 and "at most 2" in over.json()["error"]["message"]
