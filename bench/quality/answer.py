@@ -296,7 +296,13 @@ the ones the generator was given (recall@k for the top-k rows; 100 by constructi
 context and gold rows). Retrieval s/q for QRHead is the transformers port on CPU; the full and
 gold rows select nothing. Generation s/q is a row's batched vLLM wall time per question, on a
 shared 2-core machine: compare rows with each other, not with other machines. Per-question
-results (selected ids, raw and cleaned answers) are in the JSONL beside this file."""
+results (selected ids, raw and cleaned answers) are in the JSONL beside this file.
+
+The app rows (/v1/answer) report the app's own timings, one request at a time: top-k is the
+retriever call, then the generator's answer from the kept paragraphs; one-pass has no separate
+retrieval (0.00), its generation s/q prefills every paragraph once and decodes the answer with
+the scores and citations captured on the way. Its "recall of gold" counts the top-k of that
+generation's own prefill scores."""
 
 
 def parse_args(argv):

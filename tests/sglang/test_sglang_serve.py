@@ -2,7 +2,7 @@
 SGLang engine with the hook inside the engine replica, the bundled SmolLM2 and its shipped heads.
 /v1/rerank speaks the same Cohere/vLLM wire format and its scores equal the offline
 ``QRHeadRanker(backend="sglang")``; the OpenAI routes, which this engine does not serve, answer
-404 saying why; a malformed request is a 4xx and the server keeps serving.
+404 saying why (a chat with documents 501: decode-time capture is vLLM's only); a malformed request is a 4xx and the server keeps serving.
 """
 
 from __future__ import annotations
@@ -55,6 +55,13 @@ def test_openai_routes_say_this_engine_only_scores(sglang_app):
         "model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 404
     assert "SGLang retriever" in r.text
+
+
+def test_chat_with_documents_is_refused_naming_why(sglang_app):
+    r = httpx.post(f"{sglang_app}/v1/chat/completions", timeout=60, json={
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "documents": ["a"]})
+    assert r.status_code == 501, r.text
+    assert "engine: sglang" in r.json()["error"]["message"]    # and what to use instead
 
 
 def test_bad_request_then_normal_service(sglang_app):
