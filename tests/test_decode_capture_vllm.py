@@ -21,6 +21,7 @@ import torch
 
 from qrhead_vllm.backends import MassRequest
 from qrhead_vllm.core import TEMPLATES, Passage, build_scoring_prompts, score_documents
+from tests.async_engine import async_smollm2, engine_loop  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 # Heads spread over early, middle and last layers and over all three KV groups of SmolLM2.
@@ -30,30 +31,8 @@ ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def engine_loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def backend(engine_loop):
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    from qrhead_vllm.integration.vllm.backend import AsyncVLLMBackend
-    from qrhead_vllm.integration.vllm.engine_args import engine_env, engine_kwargs
-    from qrhead_vllm.models import resolve_model
-    model = resolve_model("smollm2-135m")
-    kwargs = engine_kwargs(model.path, "float32", max_model_len=4096, kv_cache_sequences=4)
-
-    async def start():
-        with engine_env():
-            return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
-    engine = engine_loop.run_until_complete(start())
-    backend = AsyncVLLMBackend(engine, model.path, model.model_id)
-    yield backend
-    backend.close()
+def backend(async_smollm2):
+    return async_smollm2
 
 
 def prompts(tokenizer, example, question=None, docs=5):
@@ -142,10 +121,10 @@ def test_rows_so_far_then_a_cancel_mid_decode_leaves_nothing(backend, engine_loo
         outputs = 0
         async for _ in gen:
             outputs += 1
-            if outputs == 3:
-                break
-        so_far = await gen.decode_mass_so_far()     # streamed citations read these
-        assert (await backend.stats_async())[0]["active"] >= 1     # still decoding, captured
+            if outputs == 3:       # while it decodes: what streamed citations read
+                so_far = await gen.decode_mass_so_far()
+                assert (await backend.stats_async())[0]["active"] >= 1   # still captured
+                break              # the client goes away
         await gen.aclose()
         # the workers learn of the abort with the next step
         async for _ in backend.engine.generate({"prompt": "Hello"}, greedy(1), request_id="h"):
