@@ -24,6 +24,7 @@ DEFAULT_HEADS = {
 CITATION_HEADS = {
     "smollm2-135m": "smollm2-135m-hotpotqa-cite",
     "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-hotpotqa-cite",
+    "qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b-hotpotqa-cite",
 }
 
 
