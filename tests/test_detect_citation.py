@@ -1,5 +1,6 @@
 """The citation-head recipe (span='answer') through the real Ray detection job with the bundled
-SmolLM2: three examples of the HotpotQA detection sample, documents cut to 25 words.
+SmolLM2: test_detect's job shape (four examples of the HotpotQA detection sample, documents cut
+to 25 words).
 
 The job's per-example vectors must be those of the answer span computed here by hand (the
 scoring prompt + the gold answer, the answer's tokens as the span, the "N/A" answer as the
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from conftest import HOTPOTQA_DETECT
+from test_detect import N, job, ray_local  # noqa: F401  (the module's Ray session and job shape)
 from qrhead_vllm.backends import MassRequest
 from qrhead_vllm.core import TEMPLATES, Passage, score_documents
 from qrhead_vllm.core.prompt import build_answer_prompts, truncate_words
@@ -23,22 +25,6 @@ from qrhead_vllm.detect.recipes import gold_mass
 from qrhead_vllm.heads import HeadConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-N, WORDS = 3, 25
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield ray
-    ray.shutdown()
-
-
-def job(tmp_path, name: str, **kw) -> DetectConfig:
-    return DetectConfig(data=str(HOTPOTQA_DETECT), split="all", limit=N, max_words=WORDS,
-                        top_k=8, dtype="float32", output=str(tmp_path / f"{name}.yaml"),
-                        run_dir=str(tmp_path / name), progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +33,9 @@ def runs(ray_local, tmp_path_factory):
     return tmp, run_detection(job(tmp, "cite", span="answer")), run_detection(job(tmp, "q"))
 
 
-def expected_mass(backend, ex) -> list[float]:
+def expected_mass(backend, ex, max_words: int) -> list[float]:
     """The answer span's per-head gold mass of one example, built here without the job."""
-    passages = [Passage(truncate_words(d.text, WORDS), d.title) for d in ex.documents]
+    passages = [Passage(truncate_words(d.text, max_words), d.title) for d in ex.documents]
     real, null = build_answer_prompts(backend.tokenizer, TEMPLATES["chatml"], ex.query,
                                       passages, ex.answer)
     f = backend.facts
@@ -64,8 +50,8 @@ def test_answer_span_job_scores_the_answer_tokens(runs, smollm2_backend):
     examples = load_hotpotqa(HOTPOTQA_DETECT)[:N]
     by_qid = {r["qid"]: r for r in cite.records}
     for ex in examples:
-        got = by_qid[ex.qid]["mass"]
-        assert got == pytest.approx(expected_mass(smollm2_backend, ex), rel=1e-4, abs=1e-6)
+        want = expected_mass(smollm2_backend, ex, cite.config.max_words)
+        assert by_qid[ex.qid]["mass"] == pytest.approx(want, rel=1e-4, abs=1e-6)
     # The answer prompt is longer than the question prompt by the reply's tokens.
     q_tokens = {r["qid"]: r["num_tokens"] for r in question.records}
     assert all(r["num_tokens"] > q_tokens[r["qid"]] for r in cite.records)

@@ -8,9 +8,9 @@ on the evaluation half of the data (the heads were detected on the other half).
     python bench/quality/citation_heads.py --model qwen2.5-coder-1.5b --backend vllm \\
         --dtype bfloat16 --limit 20 --out docs/results/
 
-One engine call per example captures every head for both spans (the answer prompt extends the
-question prompt, so vLLM's prefix cache serves it); each head set reads its own rows, as
-bench/quality/llm.py does. Prompts keep the data's document order (no reversal), as detection.
+Per example, one engine call per span captures every head (the answer prompt extends the
+question prompt, so vLLM's prefix cache serves its documents); each head set reads its own
+rows, as bench/quality/llm.py does. Prompts keep the data's document order (no reversal), as detection.
 """
 
 from __future__ import annotations
@@ -75,9 +75,11 @@ def run(args) -> tuple[dict, dict, set, float]:
     runs: dict = {}
     t0 = time.perf_counter()
     for n, ex in enumerate(examples, start=1):
-        prepared = {span: SPANS[span].prepare(ranker, ex) for span in ("answer", "question")}
-        masses = backend.attention_mass([req for _, req in prepared.values()])
-        for (span, (docs, req)), mass in zip(prepared.items(), masses):
+        for span in ("question", "answer"):
+            docs, req = SPANS[span].prepare(ranker, ex)
+            # One call per span, the question first: the answer prompt extends the question
+            # prompt, so the other order would let the question's span hit the prefix cache.
+            mass = backend.attention_mass([req])[0]
             ids = [str(d.doc_id) for d in docs]
             for label, idx in rows.items():
                 null = None if mass.null is None else mass.null[idx]
