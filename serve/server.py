@@ -10,7 +10,7 @@ comes back as an item of the stream (an ``APIError``: Serve logs every exception
 replica with its traceback); other failures cross the handle as exceptions (picklable); the
 ingress maps both to HTTP in one place (``serve/resilience.py:open_stream``).
 
-Every method the ingress calls is a stream whose first item is :data:`ACCEPTED`: the ingress
+Every method the ingress calls is a stream whose first item is :data:`~qrhead_vllm.serve.resilience.ACCEPTED`: the ingress
 bounds how long a request may wait for a replica to take it (none running, or all full) without
 bounding the work itself (serve/resilience.py:open_stream).
 """
@@ -27,7 +27,7 @@ from qrhead_vllm.serve.args import EngineConfig, RetrieverConfig
 from qrhead_vllm.serve.errors import APIError
 from qrhead_vllm.serve.health import ScoringProbe
 from qrhead_vllm.serve.rerank import RerankRequest
-from qrhead_vllm.serve.resilience import ACCEPTED, answer_stream
+from qrhead_vllm.serve.resilience import answer_stream
 
 
 def served_names(cfg: EngineConfig, model_id: str) -> list[str]:

@@ -22,8 +22,8 @@ from typing import Any, AsyncIterator, Iterator
 from qrhead_vllm.models import resolve_model
 from qrhead_vllm.serve.args import EngineConfig
 from qrhead_vllm.serve.errors import APIError
-from qrhead_vllm.serve.server import (ACCEPTED, RetrieverMixin, check_roles, no_generator,
-                                      served_names)
+from qrhead_vllm.serve.resilience import ACCEPTED
+from qrhead_vllm.serve.server import RetrieverMixin, check_roles, no_generator, served_names
 
 logger = logging.getLogger(__name__)
 

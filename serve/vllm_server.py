@@ -22,8 +22,8 @@ from qrhead_vllm.serve.args import EngineConfig
 from qrhead_vllm.serve.errors import APIError
 from qrhead_vllm.serve.generator import (build_openai_app, call_asgi, chat_with_documents,
                                          vllm_args)
-from qrhead_vllm.serve.server import (ACCEPTED, RetrieverMixin, check_roles, no_generator,
-                                      served_names)
+from qrhead_vllm.serve.resilience import ACCEPTED
+from qrhead_vllm.serve.server import RetrieverMixin, check_roles, no_generator, served_names
 
 logger = logging.getLogger(__name__)
 

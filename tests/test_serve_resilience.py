@@ -23,7 +23,7 @@ from qrhead_vllm.serve.health import EngineCannotScore, ScoringProbe
 from qrhead_vllm.serve.ingress import Upstream, build_ingress_app
 from qrhead_vllm.serve.resilience import (BUSY_RETRY_AFTER_S, Unavailable, engine_error,
                                           is_replica_gone, open_stream)
-from qrhead_vllm.serve.server import ACCEPTED
+from qrhead_vllm.serve.resilience import ACCEPTED
 
 WAIT_S = QRHeadServeConfig().http.replica_wait_s
 

@@ -320,7 +320,7 @@ def test_what_a_server_raises_reaches_http_as_its_status(exc, status, text):
     from types import SimpleNamespace
 
     from qrhead_vllm.serve.ingress import Upstream
-    from qrhead_vllm.serve.server import ACCEPTED
+    from qrhead_vllm.serve.resilience import ACCEPTED
 
     async def rerank(*_):                       # the server's stream: taken, then it raises
         yield ACCEPTED
