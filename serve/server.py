@@ -10,8 +10,8 @@ comes back as an item of the stream (an ``APIError``: Serve logs every exception
 replica with its traceback); other failures cross the handle as exceptions (picklable); the
 ingress maps both to HTTP in one place (``serve/resilience.py:open_stream``).
 
-Every method the ingress calls is a stream whose first item is :data:`~qrhead_vllm.serve.resilience.ACCEPTED`: the ingress
-bounds how long a request may wait for a replica to take it (none running, or all full) without
+Every method the ingress calls is a stream whose first item is ``ACCEPTED``
+(serve/resilience.py): the ingress bounds how long a request may wait for a replica to take it (none running, or all full) without
 bounding the work itself (serve/resilience.py:open_stream).
 """
 
