@@ -11,8 +11,8 @@ replica with its traceback); other failures cross the handle as exceptions (pick
 ingress maps both to HTTP in one place (``serve/resilience.py:open_stream``).
 
 Every method the ingress calls is a stream whose first item is ``ACCEPTED``
-(serve/resilience.py): the ingress bounds how long a request may wait for a replica to take it (none running, or all full) without
-bounding the work itself (serve/resilience.py:open_stream).
+(serve/resilience.py): the ingress bounds how long a request may wait for a replica to take
+it (none running, or all full) without bounding the work itself (``open_stream``).
 """
 
 from __future__ import annotations
