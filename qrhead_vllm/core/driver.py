@@ -179,6 +179,7 @@ class CaptureDriver:
     requests: dict[str, Tracked] = field(default_factory=dict)
     _plan: list[_Planned] | None = None
     _batches: list[_DecodeBatch] = field(default_factory=list)   # this step's decode rows
+    _layers: set[int] = field(default_factory=set)    # layers this step's requests read
     _ending: list[Tracked] = field(default_factory=list)   # failed requests ending this step
 
     # --- the request table ------------------------------------------------------------------
@@ -228,6 +229,7 @@ class CaptureDriver:
                 req.checked_step = False
                 plan.append(_Planned(row, req, prefill, decode))
         self._plan, self._batches = self._batch_decode_rows(plan)
+        self._layers = {layer for p in plan for layer in p.req.capture.layers}
 
     @staticmethod
     def _batch_decode_rows(plan: list[_Planned]) -> tuple[list[_Planned], list[_DecodeBatch]]:
@@ -268,6 +270,11 @@ class CaptureDriver:
     def capturing(self) -> bool:
         """Whether any request of the open step wants layers (the adapter's fast exit)."""
         return bool(self._plan) or bool(self._batches)
+
+    def reads(self, layer: int) -> bool:
+        """Whether a request of the open step reads ``layer`` (the adapter's per-layer exit,
+        before it builds the layer's input)."""
+        return layer in self._layers
 
     def end_step(self) -> list[Tracked]:
         """Close the step; the requests whose prefill result it finished. They leave the table,

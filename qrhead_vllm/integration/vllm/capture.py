@@ -152,7 +152,7 @@ class VLLMCapture:
         if not self.driver.capturing:
             return                                  # ordinary requests only: nothing to do
         index, view = self.layers_of(self._runner).get(layer.layer_name, (None, None))
-        if index is None:
+        if index is None or not self.driver.reads(index):
             return
         self.driver.on_layer(LayerInput(index, query, key, view(kv_cache),
                                         attn_metadata.block_table, impl.scale,
