@@ -94,8 +94,20 @@ def test_streamed_scores_first_then_citations_before_done(serve_app, client):
     whole = full.model_extra["qrhead"]["citations"]
     assert [(c["start"], c["end"], c["document_indices"]) for c in streamed] == \
         [(c["start"], c["end"], c["document_indices"]) for c in whole]
-    assert [c["shares"] for c in streamed] == pytest.approx([c["shares"] for c in whole],
-                                                            abs=1e-5)
+    assert [s for c in streamed for s in c["shares"]] == \
+        pytest.approx([s for c in whole for s in c["shares"]], abs=1e-5)
+
+
+def test_vllm_sampling_options_apply(serve_app, client):
+    plain = chat(client)
+    assert "." in plain.choices[0].message.content            # so a stop at "." must cut it
+    resp = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": QUESTION}], max_tokens=32,
+        temperature=0, stop=["."], extra_body={"documents": DOCUMENTS})
+    text = resp.choices[0].message.content
+    assert "." not in text and resp.choices[0].finish_reason == "stop"
+    assert plain.choices[0].message.content.startswith(text)
+    check_citations(resp.model_extra["qrhead"]["citations"], text, len(DOCUMENTS))
 
 
 @pytest.mark.parametrize("body,words", [
