@@ -195,8 +195,10 @@ def failed_requests() -> int:
 
 CASES = [   # (id, body, status, words of the message): found in the ingress or in the engine
     ("ingress-400", {"query": "q", "documents": DOCS, "top_n": 0}, 400, "top_n: must be >= 1"),
-    ("engine-400", {"query": "q", "documents": DOCS, "qrhead": {"heads": "no-such-heads"}}, 400,
-     "unknown head set 'no-such-heads'"),
+    ("ingress-400-heads", {"query": "q", "documents": DOCS, "qrhead": {"heads": "no-such-heads"}},
+     400, "unknown head set 'no-such-heads'"),
+    ("engine-400", {"query": "q", "documents": DOCS, "qrhead": {"heads": "gemma3-270m-hotpotqa"}},
+     400, "gemma"),
     ("engine-404", {"query": "q", "documents": DOCS, "model": "gpt-17"}, 404,
      "The model `gpt-17` does not exist"),
 ]
