@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, url: str, model: str) -> dict:
     """The soak against a running app; its results, samples and the --check failures."""
     rate = args.rate or DEFAULT_RATE
+    repeat_s = args.window_s if args.repeat_s is None else args.repeat_s
     items = build_mix(args.seed, model, plain=args.plain_vllm, data=args.data,
-                      period=args.window_s * rate)
+                      period=repeat_s * rate if repeat_s > 0 else None)
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     results, samples = asyncio.run(soak(
         url, items, rate, args.duration_s, args.sample_s, headers,
@@ -156,6 +157,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--window-s", type=float, default=300.0, help="report window")
     p.add_argument("--warmup-s", type=float, default=None, help="growth is measured from "
                    "here (default: one window)")
+    p.add_argument("--repeat-s", type=float, default=None, help="the load's shape repeats with "
+                   "this period (default: --window-s, so windows compare; 0: never)")
     p.add_argument("--sample-s", type=float, default=15.0, help="process sampling period")
     p.add_argument("--rate", type=float, help="requests/s (default: module docstring)")
     p.add_argument("--seed", type=int, default=0)
