@@ -64,8 +64,10 @@ class CaptureResult:
 
 class _SelectedHeads:
     """What both captures share: the selected query heads of a layer as a device index, the
-    deferred KV self-check, and the missing-layer check of a step. Subclasses are dataclasses
-    with ``layers``, ``error``, ``_step_layers``, ``_key_mismatch`` and ``_q_index``."""
+    deferred KV self-check, the missing-layer check of a step and the open step's bounds.
+    Subclasses are dataclasses with ``layers``, ``error``, ``_step``, ``_step_layers``,
+    ``_key_mismatch`` and ``_q_index``, and name their first captured position
+    (``_capture_start``)."""
 
     def _heads_on(self, layer: int, device: torch.device) -> torch.Tensor:
         key = (layer, device)
@@ -95,6 +97,20 @@ class _SelectedHeads:
                           "from the keys the layer wrote; this engine's KV layout is not "
                           "supported by qrhead-vllm")
         return self.error
+
+    @property
+    def step_end(self) -> int:
+        """One past the last position of the open step (the cached sequence length)."""
+        first, n = self._step
+        return first + n
+
+    def span_slice(self) -> tuple[int, int]:
+        """``(offset, count)`` of this step's captured rows within the request's tokens of the
+        step: those from ``_capture_start`` (the query span's or the decode rows' first
+        position) on."""
+        first, n = self._step
+        lo = max(self._capture_start, first)
+        return lo - first, first + n - lo
 
     @property
     def index(self) -> list[int]:
@@ -134,16 +150,8 @@ class SpanCapture(_SelectedHeads):
         return True
 
     @property
-    def step_end(self) -> int:
-        """One past the last prompt position of the open step (the cached sequence length)."""
-        first, n = self._step
-        return first + n
-
-    def span_slice(self) -> tuple[int, int]:
-        """``(offset, count)`` of this step's span rows within the request's tokens of the step."""
-        first, n = self._step
-        lo = max(self.span_start, first)
-        return lo - first, first + n - lo
+    def _capture_start(self) -> int:
+        return self.span_start
 
     def end_step(self) -> bool:
         """Close the step; True when it held the last prompt token (the result is ready)."""
@@ -265,17 +273,8 @@ class DecodeCapture(_SelectedHeads):
         return True
 
     @property
-    def step_end(self) -> int:
-        """One past the last position of the open step (the cached sequence length)."""
-        first, n = self._step
-        return first + n
-
-    def span_slice(self) -> tuple[int, int]:
-        """``(offset, count)`` of this step's captured rows within the request's tokens of the
-        step (as :meth:`SpanCapture.span_slice`)."""
-        first, n = self._step
-        lo = max(first, self.first_pos)
-        return lo - first, first + n - lo
+    def _capture_start(self) -> int:
+        return self.first_pos
 
     def end_step(self) -> None:
         self._check_step_layers("a decode step")
