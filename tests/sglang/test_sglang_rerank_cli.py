@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from qrhead_vllm.ranker import QRHeadRanker
 from tests.shared_backend import SharedBackend
 
@@ -39,5 +41,9 @@ def test_rerank_command_on_sglang_scores_as_the_api(sglang_smollm2, monkeypatch,
     printed = json.loads(out.out)
     assert asked == ["sglang"] and printed["backend"] == "sglang"
     want = QRHeadRanker("smollm2-135m", backend=sglang_smollm2.backend).rank(QUERY, DOCS)
-    assert [(r["id"], r["score"]) for r in printed["results"]] == \
-        [(r.doc_id, r.score) for r in want.results]
+    # Ids in the same order; scores to 1e-5, not bit for bit: the API's pass finds the prompt in
+    # SGLang's radix cache that the command's pass filled, so it computes only the uncached tail
+    # and its sums run in another order (CI saw 3e-7 apart on one CPU).
+    assert [r["id"] for r in printed["results"]] == [r.doc_id for r in want.results]
+    assert [r["score"] for r in printed["results"]] == \
+        pytest.approx([r.score for r in want.results], abs=1e-5)
