@@ -2,8 +2,8 @@
 top-20 queries as the transformers port does in bfloat16.
 
 bf16 rounding differs between SGLang's attention and the port's, so rows are not equal to
-1e-4 as in fp32 (test_sglang_hook.py); the ranking is what must hold, with the bar the AMX
-test of the vLLM path uses (tests/test_vllm_amx.py): mean Kendall tau >= 0.98, none under 0.9.
+1e-4 as in fp32 (test_sglang_hook.py); the ranking is what must hold, with the bar the vLLM
+AMX test started with (tests/test_vllm_amx.py): mean Kendall tau >= 0.98, none under 0.9.
 SGLang's AMX attention backend (``intel_amx``) needs sgl-kernel's CPU build, which PyPI does
 not have (its wheels are CUDA-only), so it is not tried here.
 """
