@@ -18,7 +18,8 @@ to back, in alternating order, streamed, greedy, ``--max-tokens`` tokens with ``
 A fresh tag in front of every passage keeps the prefix cache from serving one request's
 documents to another (real and null of one request still share them, as in production).
 Measured per request: time to first token (first chunk with text), time per output token
-(first to last text chunk over the tokens between them), the time to ``[DONE]``; and the
+(first to last text chunk over the tokens between them, counted by the usage block: a
+chunk may carry more than one), the time to ``[DONE]``; and the
 ``VLLM::Worker`` RSS, sampled every ``--sample-s`` during each variant's requests.
 """
 
@@ -103,6 +104,7 @@ class Timing:
     done: float = float("nan")
     tokens: int = 0
     prompt_tokens: int | None = None
+    completion_tokens: int | None = None  # usage: the tokens generated, however chunked
     scored_tokens: int | None = None      # qrhead.prompt_tokens: real + null prefill
     citations: int | None = None
     error: str | None = None
@@ -126,13 +128,16 @@ async def stream_one(http: httpx.AsyncClient, payload: dict) -> Timing:
                 t.citations = len(ext["citations"])
             if event.get("usage"):
                 t.prompt_tokens = event["usage"]["prompt_tokens"]
+                t.completion_tokens = event["usage"].get("completion_tokens")
             if any((c.get("delta") or {}).get("content") for c in event.get("choices") or []):
                 stamps.append(time.perf_counter())
     t.done = time.perf_counter() - start
-    t.tokens = len(stamps)
+    # Per token, not per chunk: a stream may carry several tokens in one chunk (our route's
+    # chunks need not match vLLM's one-token deltas), so the usage count is the divisor.
+    t.tokens = t.completion_tokens or len(stamps)
     if stamps:
         t.ttft = stamps[0] - start
-        t.tpot = (stamps[-1] - stamps[0]) / max(len(stamps) - 1, 1)
+        t.tpot = (stamps[-1] - stamps[0]) / max(t.tokens - 1, 1)
     return t
 
 
