@@ -116,13 +116,22 @@ def main(argv: list[str] | None = None) -> int:
              "command": f"`python bench/serve/soak.py {shlex.join(argv)}`",
              "rate": f"{out['rate']:.2f} requests/s" + (" (--rate)" if args.rate else
                                                          " (70 % of capacity, module docstring)"),
-             "malloc": "MALLOC_ARENA_MAX=" + os.environ.get("MALLOC_ARENA_MAX", "unset")}
+             "engine memory bounds": engine_memory_bounds()}
     report = markdown(facts, out["results"], out["samples"], args.window_s, args.warmup_s,
                       out["failures"])
     if args.out:
         Path(args.out).write_text(report)
     print(report)
     return 1 if args.check and out["failures"] else 0
+
+
+def engine_memory_bounds() -> str:
+    """The allocator settings the app's CPU engines ran with (the caller's values win over
+    ours, ``engine_env.CPU_ENGINE_ENV``); GPU engines get none."""
+    from qrhead_vllm.integration.engine_env import CPU_ENGINE_ENV, on_cpu
+    if not on_cpu():
+        return "none (GPU engines)"
+    return ", ".join(f"{k}={os.environ.get(k, v)}" for k, v in CPU_ENGINE_ENV.items())
 
 
 def run(args, url: str, model: str) -> dict:
