@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from qrhead_vllm import envs
+
 COMMANDS = {
     "rerank": "Rank documents for a query with the retrieval heads and print the ranking.",
     "detect": "Find the retrieval heads of a model on labelled data (a Ray job).",
@@ -23,8 +25,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # The engines' own level variables: vLLM reads its variable as an engine starts and hands the
 # level to its engine processes; Ray's raylet and workers inherit this process's environment. So
-# they are set, not just the loggers of this process.
-ENGINE_LOG_ENV = ("VLLM_LOGGING_LEVEL", "RAY_LOGGER_LEVEL")
+# they are set, not just the loggers of this process; ours too, for the Serve replicas.
+ENGINE_LOG_ENV = ("VLLM_LOGGING_LEVEL", "RAY_LOGGER_LEVEL", envs.LOG_LEVEL)
 ENGINE_LOGGERS = ("vllm", "ray")
 # vLLM logs to stdout unless told otherwise, which mixes its lines into `qrhead rerank --json`:
 # logs go to stderr, as ours do (VLLM_LOGGING_STREAM set by the user still wins).

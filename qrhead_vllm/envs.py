@@ -16,6 +16,8 @@ wins over the environment, and the environment wins over the built-in default.
                                 (``Authorization: Bearer <key>``); unset: no key needed
 ``QRHEAD_SKIP_VERSION_CHECK``   ``1``: load the nearest patch module on an unsupported engine
                                 version (at your own risk)
+``QRHEAD_LOG_LEVEL``            the package's log level in processes a command starts (Serve
+                                replicas); ``--log-level`` sets it (default ``info``)
 ==============================  =================================================================
 """
 
@@ -25,6 +27,7 @@ import os
 from pathlib import Path
 
 ENABLED = "QRHEAD_ENABLED"
+LOG_LEVEL = "QRHEAD_LOG_LEVEL"
 _TRUE = ("1", "true", "yes")
 
 
@@ -52,6 +55,12 @@ def api_key() -> str | None:
     """QRHEAD_API_KEY: the Serve app's API key (read in the ingress replica), or None."""
     value = os.environ.get("QRHEAD_API_KEY", "").strip()
     return value or None
+
+
+def log_level() -> str | None:
+    """QRHEAD_LOG_LEVEL (upper case), or None: the level of our loggers in a Serve replica."""
+    value = os.environ.get(LOG_LEVEL, "").strip()
+    return value.upper() or None
 
 
 def config_dir() -> Path | None:

@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from qrhead_vllm import envs
 from qrhead_vllm.errors import ContextOverflowError, HeadConfigError, InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -257,12 +258,13 @@ class _ToServeLog(logging.Handler):
 
 
 def log_to_serve() -> None:
-    """In a Serve replica, send the package's log lines to the replica's Serve log, at INFO
-    unless a level was set. Serve gives other loggers no handler: their warnings would reach
-    the log only as unlabelled stderr, their info lines nowhere."""
+    """In a Serve replica, send the package's log lines to the replica's Serve log, at
+    QRHEAD_LOG_LEVEL (``--log-level``; INFO by default) unless a level was set. Serve gives
+    other loggers no handler: their warnings would reach the log only as unlabelled stderr,
+    their info lines nowhere."""
     ours = logging.getLogger("qrhead_vllm")
     if not any(isinstance(h, _ToServeLog) for h in ours.handlers):
         ours.addHandler(_ToServeLog())
     ours.propagate = False
     if ours.level == logging.NOTSET:
-        ours.setLevel(logging.INFO)
+        ours.setLevel(envs.log_level() or logging.INFO)

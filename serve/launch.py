@@ -17,6 +17,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from qrhead_vllm import envs
 from qrhead_vllm.ray_cluster import init_ray
 from qrhead_vllm.serve.args import QRHeadServeConfig
 
@@ -55,10 +56,17 @@ def start_local(cfg: QRHeadServeConfig, num_cpus: int | None = None,
 
     connect(cfg, num_cpus, address)
     serve.run(build_qrhead_app(cfg), name=cfg.app_name, route_prefix=cfg.http.route_prefix,
-              blocking=False)
+              logging_config=serve_logging_config(), blocking=False)
     url = app_url(cfg)
     wait_healthy(url, timeout_s)
     return url
+
+
+def serve_logging_config() -> dict | None:
+    """The replicas' Serve log level: QRHEAD_LOG_LEVEL (set by ``--log-level``), else Serve's
+    default. Serve's handlers drop records under their level, so ours at DEBUG needs it too."""
+    level = envs.log_level()
+    return {"log_level": level} if level else None
 
 
 def connect(cfg: QRHeadServeConfig, num_cpus: int | None = None,

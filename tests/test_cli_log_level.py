@@ -35,7 +35,7 @@ print(json.dumps({"vllm": logging.getLogger("vllm").getEffectiveLevel(),
 
 def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
-            if k not in ("VLLM_LOGGING_LEVEL", "RAY_LOGGER_LEVEL")}
+            if k not in ("VLLM_LOGGING_LEVEL", "RAY_LOGGER_LEVEL", "QRHEAD_LOG_LEVEL")}
 
 
 def engine_levels(*level: str) -> dict:
@@ -58,6 +58,36 @@ def test_each_engine_command_takes_the_flag(command):
     assert out.returncode == 0, out.stderr
     assert "--log-level {" + ",".join(LOG_LEVELS) + "}" in out.stdout
 
+
+# A Serve replica of `qrhead serve --log-level X` inherits the command's environment (a local
+# cluster's raylet and workers take it); it then runs log_to_serve() as it starts.
+IN_REPLICA = """
+import json, logging
+from qrhead_vllm.serve.errors import log_to_serve
+from qrhead_vllm.serve.launch import serve_logging_config
+log_to_serve()
+print(json.dumps({"ours": logging.getLogger("qrhead_vllm.serve").getEffectiveLevel(),
+                  "serve": serve_logging_config()}))
+"""
+COMMAND = """
+import subprocess, sys
+from qrhead_vllm.cli import apply_log_level
+apply_log_level(sys.argv[2] if len(sys.argv) > 2 else None)
+sys.exit(subprocess.run([sys.executable, "-c", sys.argv[1]]).returncode)
+"""
+
+
+def replica_levels(*level: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", COMMAND, IN_REPLICA, *level],
+                         capture_output=True, text=True, timeout=300, env=clean_env(), cwd="/")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_the_flag_reaches_the_serve_replicas():
+    assert replica_levels() == {"ours": 20, "serve": None}       # INFO, Serve's own default
+    assert replica_levels("debug") == {"ours": 10, "serve": {"log_level": "DEBUG"}}
+    assert replica_levels("error") == {"ours": 40, "serve": {"log_level": "ERROR"}}
 
 def test_detect_keeps_the_flag_out_of_the_job_settings(tmp_path):
     from qrhead_vllm.commands import detect
