@@ -50,6 +50,7 @@ def test_list_names_every_shipped_set_with_its_model_and_size():
         config = load_head_config(path)
         assert rows[name][1:3] == [config.model.model_id, str(len(config.heads))], name
     assert rows["smollm2-135m-hotpotqa"][-1] == "smollm2-135m"       # the bundled default
+    assert rows["smollm2-135m-hotpotqa-cite"][-2:] == ["smollm2-135m", "(citations)"]
     assert "paper," in " ".join(rows["llama-3.1-8b-instruct-nq"])
 
 

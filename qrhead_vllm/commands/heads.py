@@ -2,10 +2,11 @@
 
 ``qrhead heads`` prints one line per shipped set (``configs/heads/*.yaml``, or
 ``QRHEAD_CONFIG_DIR``): name, model, number of heads, how it was made (the paper's released list
-or our detection, and the recipe) and the detection data. ``qrhead heads NAME`` (or a path to a
-head config file) prints the model's layers × heads with the selected heads marked, the heads
-best first, and where the heat map of its detection scores is: beside the yaml in a checkout;
-the wheel ships only the yaml files.
+or our detection, and the recipe), the detection data and the bundled model it is the default
+of (its scores, or its citations). ``qrhead heads NAME`` (or a path to a head config file)
+prints the model's layers × heads with the selected heads marked, the heads best first, and
+where the heat map of its detection scores is: beside the yaml in a checkout; the wheel ships
+only the yaml files.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 from pathlib import Path
 
 from qrhead_vllm.errors import HeadConfigError
-from qrhead_vllm.head_registry import DEFAULT_HEADS, load_head_config, shipped_head_configs
+from qrhead_vllm.head_registry import (CITATION_HEADS, DEFAULT_HEADS, load_head_config,
+                                       shipped_head_configs)
 from qrhead_vllm.heads import HeadConfig
 
 EXIT_USER_ERROR = 2
@@ -50,8 +52,10 @@ def _fail(message: str) -> int:
 
 
 def listing(configs: dict[str, HeadConfig]) -> str:
-    """One row per head set, with the bundled model it is the default of."""
+    """One row per head set, with the bundled model it is the default of (for scores, or for
+    citations)."""
     defaults = {heads: model for model, heads in DEFAULT_HEADS.items()}
+    defaults |= {heads: f"{model} (citations)" for model, heads in CITATION_HEADS.items()}
     rows = [("name", "model", "heads", "made by", "data", "default for")]
     rows += [(name, c.model.model_id, str(len(c.heads)), made_by(c), data_name(c),
               defaults.get(name, "")) for name, c in configs.items()]
