@@ -22,9 +22,9 @@ DECODE_ONLY = CitationRule(short_tokens=0)
 NOTES = """\
 How to read it:
 
-* **Cited set.** Attention rows cite by `qrhead_vllm/core/citations.cite` (per answer sentence:
-  the smallest top set of documents holding half of the sentence's mass, at most 3, each above
-  the uniform share; the answer cites the union over its sentences). *Decode only*: the decode
+* **Cited set.** Attention rows cite by `cite` in `qrhead_vllm/core/citations.py` (per answer
+  sentence: the smallest top set of documents holding half of the sentence's mass, at most 3,
+  each above the uniform share; the answer cites the union over its sentences). *Decode only*: the decode
   mass alone. *Blended*: a sentence of fewer than 8 tokens mixes its decode shares with the
   prefill scores' shares (weight tokens/8 on decode), the documented rule for short answers.
   Rows that only score documents (c-f) cite their top 2 (the gold sets hold 2 to 4).
