@@ -24,9 +24,10 @@ How to read it:
 
 * **Cited set.** Attention rows cite by `cite` in `qrhead_vllm/core/citations.py` (per answer
   sentence: the smallest top set of documents holding half of the sentence's mass, at most 3,
-  each above the uniform share; the answer cites the union over its sentences). *Decode only*: the decode
-  mass alone. *Blended*: a sentence of fewer than 8 tokens mixes its decode shares with the
-  prefill scores' shares (weight tokens/8 on decode), the documented rule for short answers.
+  each above the uniform share; the answer cites the union over its sentences). *Decode only*:
+  the decode mass alone. *Blended*: a sentence of fewer than 8 tokens mixes its decode shares
+  with the prefill scores' shares (weight tokens/8 on decode), the documented rule for short
+  answers.
   Rows that only score documents (c-f) cite their top 2 (the gold sets hold 2 to 4).
 * **recall@2** ranks the documents by the method's scores (attention rows: the mass summed over
   the answer's tokens and the head set's heads).
