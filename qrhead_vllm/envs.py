@@ -29,6 +29,7 @@ from pathlib import Path
 ENABLED = "QRHEAD_ENABLED"
 LOG_LEVEL = "QRHEAD_LOG_LEVEL"
 _TRUE = ("1", "true", "yes")
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _flag(name: str) -> bool:
@@ -58,9 +59,16 @@ def api_key() -> str | None:
 
 
 def log_level() -> str | None:
-    """QRHEAD_LOG_LEVEL (upper case), or None: the level of our loggers in a Serve replica."""
-    value = os.environ.get(LOG_LEVEL, "").strip()
-    return value.upper() or None
+    """QRHEAD_LOG_LEVEL (upper case), or None: the level of our loggers in a Serve replica.
+
+    Raises:
+        ValueError: a value that is not a log level (the message names the choices).
+    """
+    value = os.environ.get(LOG_LEVEL, "").strip().upper()
+    if value and value not in _LOG_LEVELS:
+        raise ValueError(f"{LOG_LEVEL}={value.lower()!r} is not a log level: use one of "
+                         f"{', '.join(v.lower() for v in _LOG_LEVELS)}")
+    return value or None
 
 
 def config_dir() -> Path | None:

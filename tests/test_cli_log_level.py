@@ -120,3 +120,13 @@ def test_rerank_on_vllm_at_warning_prints_no_info_line(tmp_path):
     # stderr (vLLM's default is stdout), so --json's stdout parses (rerank_logs checks).
     err = rerank_logs(tmp_path, "--backend", "vllm", "--log-level", "warning")
     assert not [line for line in err.splitlines() if "INFO" in line], err[-3000:]
+
+
+def test_a_level_variable_that_is_no_level_is_refused_with_the_choices(monkeypatch):
+    from qrhead_vllm import envs
+    monkeypatch.setenv("QRHEAD_LOG_LEVEL", "loud")
+    with pytest.raises(ValueError, match="QRHEAD_LOG_LEVEL='loud' is not a log level: use one "
+                                         "of debug, info, warning, error, critical"):
+        envs.log_level()
+    monkeypatch.setenv("QRHEAD_LOG_LEVEL", " warning ")
+    assert envs.log_level() == "WARNING"
