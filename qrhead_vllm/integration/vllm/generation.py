@@ -6,8 +6,12 @@ then the assistant header) and its SamplingParams are the caller's, with our spe
 ``extra_args``. The worker keeps the prefill rows under the spec's key as soon as the last
 prompt token is computed, i.e. before the first output reaches us; the decode-time rows under
 ``decode_key(key)``, taken once the last output is in. The null-calibration pass (the
-documents' prefix and the null query, one token) starts only after the first output, when the
-documents' blocks are in the prefix cache, so it computes the null query alone.
+documents' prefix and the null query, one token) is submitted with the request, as
+``AsyncVLLMBackend`` submits a rerank's two passes: vLLM registers the request's blocks in the
+prefix cache as it schedules them, so the null pass, scheduled after it (in the same step at
+the latest), computes only its query and the documents' tokens after the last full block, in
+the prefill step. Started after the first output instead, it landed in an early decode step
+and slowed that step (docs/results/decode_capture.md).
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class ScoredGeneration:
         self._keys = [self.key]           # every capture key of ours the workers may hold
         self._token_ids: list[int] = []
         self._first = asyncio.Event()
+        self._null: asyncio.Task | None = None       # the null pass, submitted with the request
         self._prefill: asyncio.Task | None = None
         self._ended = False
         self._closed = False
@@ -86,9 +91,15 @@ class ScoredGeneration:
         from vllm.sampling_params import RequestOutputKind
         delta = self.params.output_kind == RequestOutputKind.DELTA
         prompt = {"prompt_token_ids": list(self.request.real.token_ids)}
+        stream = self._engine.generate(prompt, self.params, request_id=self.request_id)
+        if self.request.null is not None:
+            # Created after the request's stream, so (first come, first served) it runs second
+            # and submits second, as AsyncVLLMBackend's two passes do.
+            self._null = asyncio.ensure_future(self._backend._prefill(
+                self.request.null, self.request.heads, self._keys))
+            self._null.add_done_callback(_retrieved)
         try:
-            async for out in self._engine.generate(prompt, self.params,
-                                                   request_id=self.request_id):
+            async for out in stream:
                 ids = out.outputs[0].token_ids if out.outputs else ()
                 self._token_ids = self._token_ids + list(ids) if delta else list(ids)
                 if self._prefill is None:
@@ -109,9 +120,10 @@ class ScoredGeneration:
         if self._closed:
             return
         self._closed = True
-        if self._prefill is not None and not self._prefill.done():
-            self._prefill.cancel()
-            await asyncio.gather(self._prefill, return_exceptions=True)
+        for task in (self._prefill, self._null):   # cancelling the null pass aborts it in vLLM
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if not self._ended:
             await self._engine.abort(self.request_id)
         keys = self._keys + ([decode_key(self.key)] if self.decode else [])
@@ -132,9 +144,10 @@ class ScoredGeneration:
         return await asyncio.shield(self._prefill)
 
     async def _collect_prefill(self) -> MassResult:
+        """Started at the first output, when the request's prefill rows are in the workers."""
         req, null_key, null_hits = self.request, None, None
-        if req.null is not None:   # now: the documents' blocks are in the prefix cache
-            null_key, null_hits = await self._backend._prefill(req.null, req.heads, self._keys)
+        if self._null is not None:
+            null_key, null_hits = await asyncio.shield(self._null)
         replies = await self._engine.collective_rpc("qrhead_pop", args=(self._keys,))
         self._keys = []
         return finish_request(replies, req, self.key, null_key, null_hits,
