@@ -18,9 +18,9 @@ to back, in alternating order, streamed, greedy, ``--max-tokens`` tokens with ``
 A fresh tag in front of every passage keeps the prefix cache from serving one request's
 documents to another (real and null of one request still share them, as in production).
 Measured per request: time to first token (first chunk with text), time per output token
-(first to last text chunk over the tokens between them, counted by the usage block: a
-chunk may carry more than one), the time to ``[DONE]``; and the
-``VLLM::Worker`` RSS, sampled every ``--sample-s`` during each variant's requests.
+(first to last text chunk over the tokens between them, counted by the usage block: a chunk may
+carry more than one), the time to ``[DONE]``; and the ``VLLM::Worker`` RSS, sampled every
+``--sample-s`` during each variant's requests.
 """
 
 from __future__ import annotations
